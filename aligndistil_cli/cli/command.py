@@ -85,6 +85,8 @@ def stage_command(
         overrides = {k: v for k, v in overrides.items() if v is not None and v != []}
         with user_errors():
             cfg = config_cls.resolve(yaml_path, overrides)
+            if getattr(cfg, "nproc_per_node", 1) > 1 and "WORLD_SIZE" not in os.environ:
+                relaunch_under_torchrun(cfg.nproc_per_node)
             run(cfg)
 
     command.__signature__ = inspect.Signature(positional + keyword + [config_param])
@@ -100,6 +102,25 @@ def _examples_epilog(examples: str) -> str:
     return "Examples:\n\n" + "\n\n".join(f"  $ {ln}" for ln in lines)
 
 
+def relaunch_under_torchrun(nproc: int) -> None:
+    """Replace this process by ``torchrun --standalone --nproc-per-node N -m aligndistil_cli ...``."""
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc-per-node":
+            skip = True
+            continue
+        if arg.startswith("--nproc-per-node="):
+            continue
+        argv.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "aligndistil_cli", *argv]
+    sys.stdout.flush()
+    os.execv(sys.executable, cmd)
+
+
 class user_errors:
     """Render AlignDistilError as one line plus remedy and exit 2 (traceback with ALIGNDISTIL_DEBUG=1)."""
 
@@ -107,6 +128,11 @@ class user_errors:
         return None
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        from aligndistil_cli.training.loop import Interrupted
+
+        if isinstance(exc, Interrupted):
+            sys.stderr.write(f"interrupted: checkpoint saved at {exc.checkpoint}; continue with --resume\n")
+            raise typer.Exit(exc.exit_code)
         if exc is None or not isinstance(exc, AlignDistilError):
             return False
         if os.environ.get("ALIGNDISTIL_DEBUG"):

@@ -1,0 +1,2 @@
+from aligndistil_cli.cli.app import app  # noqa: F401
+

@@ -1,0 +1,175 @@
+"""Building blocks the stages share: loading, validation report, reference cache, saving."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aligndistil_cli.errors import AlignDistilError
+from aligndistil_cli.fsutil import TMP_PREFIX, sha256_text
+from aligndistil_cli.stages.runner import StageContext
+from aligndistil_cli.training.distributed import barrier
+from aligndistil_cli.training.progress import Reporter
+
+
+def console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def dry_run(cfg, stage: str, *, models: list[str], data: str | None = None, paths: list[str] = ()) -> dict:
+    """Validate a stage's config and inputs without loading any model; print the resolved config."""
+    import yaml
+
+    for m in models:
+        if m and not Path(m).exists() and (m.startswith((".", "/")) or m.count("/") != 1):
+            raise AlignDistilError(f"model {m} is neither a local folder nor a hub id (org/name)",
+                                   "check the model path")
+    for p in [data, *paths]:
+        if p and not Path(p).exists() and (p.startswith((".", "/")) or p.endswith((".json", ".jsonl", ".csv", ".parquet"))):
+            raise AlignDistilError(f"input {p} does not exist", "check the path")
+    console().print(f"[bold]{stage}[/bold] dry run: config is valid\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return {"dry_run": True}
+
+
+def load_tokenizer_for(cfg, path: str):
+    from aligndistil_cli.models import load_tokenizer
+
+    return load_tokenizer(path, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+
+
+def load_trainable(cfg, path: str, device: torch.device) -> torch.nn.Module:
+    """The trained model keeps fp32 master weights (bf16 autocast on CUDA)."""
+    from aligndistil_cli.models import load_model
+
+    model = load_model(path, dtype="float32", device=str(device), trust_remote_code=cfg.trust_remote_code,
+                       revision=cfg.revision, train=True)
+    if getattr(cfg, "gradient_checkpointing", False):
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return model
+
+
+def load_frozen(cfg, path: str, device: torch.device) -> torch.nn.Module:
+    from aligndistil_cli.models import load_model
+
+    model = load_model(path, dtype=cfg.dtype, device=str(device), trust_remote_code=cfg.trust_remote_code,
+                       revision=cfg.revision, train=False)
+    model.requires_grad_(False)
+    return model
+
+
+def shared_vocab(tokenizer, **models: torch.nn.Module) -> int:
+    from aligndistil_cli.models import shared_vocab_size
+
+    size, notes = shared_vocab_size({k: v for k, v in models.items() if v is not None}, tokenizer)
+    for note in notes:
+        console().print(f"[yellow]note:[/yellow] {note}")
+    return size
+
+
+def check_tokenizers(cfg, named_paths: dict[str, str]) -> None:
+    from aligndistil_cli.models import check_same_tokenizer
+
+    notes = check_same_tokenizer({k: load_tokenizer_for(cfg, p) for k, p in named_paths.items()})
+    for note in notes or []:
+        console().print(f"[yellow]note:[/yellow] {note}")
+
+
+def fingerprint_input(path: str) -> dict[str, str]:
+    from aligndistil_cli.models import weights_fingerprint
+
+    if Path(path).is_dir():
+        return {"path": str(path), "sha256": weights_fingerprint(path)}
+    return {"path": str(path), "sha256": "hub:" + str(path)}
+
+
+def load_pairs(cfg, tokenizer, *, swap: bool, console: bool = True) -> tuple[list, str]:
+    """Load, validate and tokenize preference pairs; ``swap`` exchanges chosen and rejected."""
+    from aligndistil_cli.data import data_fingerprint, load_rows, prepare_pairs, render_report
+
+    rows = load_rows(cfg.data, split=cfg.split)
+    chosen_key, rejected_key = (cfg.rejected_key, cfg.chosen_key) if swap else (cfg.chosen_key, cfg.rejected_key)
+    pairs, report = prepare_pairs(rows, tokenizer, prompt_key=cfg.prompt_key, chosen_key=chosen_key,
+                                  rejected_key=rejected_key, max_length=cfg.max_length,
+                                  max_prompt_length=cfg.max_prompt_length, on_invalid=cfg.on_invalid)
+    show_report(report, console)
+    if cfg.max_examples:
+        pairs = pairs[: cfg.max_examples]
+    if not pairs:
+        raise AlignDistilError(f"no valid preference pairs in {cfg.data}",
+                               "check --prompt-key/--chosen-key/--rejected-key and the validation table")
+    fp = data_fingerprint(rows, prompt_key=cfg.prompt_key, chosen_key=chosen_key, rejected_key=rejected_key,
+                          max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                          max_examples=cfg.max_examples)
+    return pairs, fp
+
+
+def show_report(report, enabled: bool = True) -> None:
+    from aligndistil_cli.data import render_report
+
+    if enabled and getattr(report, "has_problems", True) and report_counts(report):
+        console().print(render_report(report))
+
+
+def report_counts(report) -> int:
+    counts = getattr(report, "counts", None)
+    if isinstance(counts, dict):
+        return sum(counts.values())
+    return 1
+
+
+def reporter(stage: str, ctx: StageContext) -> Reporter:
+    return Reporter(stage, enabled=ctx.dist.is_main)
+
+
+@torch.no_grad()
+def reference_logps_cache(ctx: StageContext, cfg, reference: torch.nn.Module, pairs: list, pad_id: int,
+                          vocab: int, key_parts: tuple) -> torch.Tensor:
+    """Reference log-probs [N, 2] (chosen, rejected), cached in the output folder by a key of
+    the reference weights, the data and the tokenization settings."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from aligndistil_cli.batching import make_batch, response_logps
+    from aligndistil_cli.fsutil import atomic_path
+
+    key = sha256_text(repr((key_parts, cfg.max_length, cfg.max_prompt_length, len(pairs))))
+    path = ctx.output / "reference_logps.safetensors"
+    if path.is_file():
+        with safe_open(str(path), "pt") as fh:
+            if (fh.metadata() or {}).get("key") == key:
+                return fh.get_tensor("logps")
+    if ctx.dist.is_main:
+        rows = []
+        for i in range(0, len(pairs), 8):
+            ex = pairs[i: i + 8]
+            batch = make_batch([e.prompt_ids for e in ex] * 2, [e.chosen_ids for e in ex] +
+                               [e.rejected_ids for e in ex], pad_id).to(ctx.device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx.device.type == "cuda"):
+                lp = response_logps(reference, batch, vocab).float().cpu()
+            rows.append(lp.view(2, len(ex)).T)
+        with atomic_path(path) as tmp:
+            save_file({"logps": torch.cat(rows).contiguous()}, str(tmp), metadata={"key": key})
+    barrier(ctx.dist)
+    with safe_open(str(path), "pt") as fh:
+        return fh.get_tensor("logps")
+
+
+def save_final_model(ctx: StageContext, model: torch.nn.Module, tokenizer) -> None:
+    """Write the model files into the run folder, each file renamed into place (rank 0)."""
+    from aligndistil_cli.models import save_model_folder
+
+    if ctx.dist.is_main:
+        staging = ctx.output / f"{TMP_PREFIX}model-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        save_model_folder(model, tokenizer, staging)
+        for item in sorted(staging.iterdir()):
+            os.replace(item, ctx.output / item.name)
+        shutil.rmtree(staging, ignore_errors=True)
+    barrier(ctx.dist)
