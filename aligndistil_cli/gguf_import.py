@@ -160,10 +160,13 @@ def import_gguf(gguf_file: str, out_dir: str, *, dtype: str = "float32") -> Path
     loaded, tokenizer = _load_gguf(path)
     _fix_chat_tokens(tokenizer)
     model = _fresh_copy(loaded, tokenizer, torch_dtype)
+    # The GGUF leaves the limit unset (1e30); the model's context length is the real one.
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context:
+        tokenizer.model_max_length = int(context)
     del loaded
     record = {"source": path.name, "source_sha256": sha256_file(path),
-              "dtype": str(torch_dtype).removeprefix("torch."),
-              "load_seconds": round(time.perf_counter() - start, 1)}
+              "dtype": str(torch_dtype).removeprefix("torch.")}
     out = Path(out_dir).expanduser()
     save_model_folder(model, tokenizer, out,
                       extra_files={IMPORT_RECORD: (json.dumps(record, indent=2) + "\n").encode()})

@@ -82,7 +82,9 @@ def resolve_dtype(dtype: str, device: torch.device | str) -> torch.dtype:
 
 
 def _is_hub_id(path: str) -> bool:
-    return bool(_HUB_ID.match(path)) and not Path(path).exists()
+    """True for ``OWNER/NAME`` that is not a local path (``runs/dpo`` with ``runs/`` present is local)."""
+    local = Path(path).expanduser()
+    return bool(_HUB_ID.match(path)) and not local.exists() and not local.parent.is_dir()
 
 
 def _check_local_weights(folder: Path) -> None:
@@ -103,7 +105,7 @@ def _check_local_weights(folder: Path) -> None:
         )
     if any(p.suffix == ".gguf" for p in files):
         raise AlignDistilError(f"{folder} holds a GGUF file, not safetensors weights",
-                               "convert it first with aligndistil's GGUF import")
+                               "convert it first with aligndistil_cli.gguf_import.import_gguf(FILE, OUT_DIR)")
     raise AlignDistilError(f"{folder} contains no model weights (*.safetensors)",
                            "point at a complete model folder")
 
@@ -119,7 +121,7 @@ def _check_source(path: str, trust_remote_code: bool, revision: str | None) -> b
         raise AlignDistilError(f"{path} is a file, not a model folder", "pass the folder that holds config.json")
     if not _is_hub_id(path):
         raise AlignDistilError(f"model folder {path} does not exist",
-                               "check the path; hub ids look like OWNER/NAME")
+                               "check the path; an OWNER/NAME hub id is tried only when no local folder OWNER exists")
     if trust_remote_code and not (revision and _COMMIT.match(revision)):
         raise AlignDistilError(
             f"trust_remote_code for hub model {path} needs a revision pinned to a full commit hash",
@@ -132,7 +134,8 @@ def _check_source(path: str, trust_remote_code: bool, revision: str | None) -> b
 
 def _hub_failure(path: str, exc: Exception) -> AlignDistilError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return AlignDistilError(f"could not load {path} from the Hugging Face Hub: {first}", _OFFLINE_HINT)
+    return AlignDistilError(f"no local folder {path}, and loading it from the Hugging Face Hub failed: "
+                            f"{first}", _OFFLINE_HINT)
 
 
 # --------------------------------------------------------------------------- loading
@@ -219,6 +222,21 @@ def _generation_config(model, tokenizer):
     return gen
 
 
+def _portable_tokenizer_class(folder: Path) -> None:
+    """Name the tokenizer class ``PreTrainedTokenizerFast`` instead of v5's ``TokenizersBackend``.
+
+    transformers 5 treats the two names as one class, but transformers 4 (which vLLM may pin)
+    only knows the first; both load ``tokenizer.json`` unchanged.
+    """
+    cfg_path = folder / "tokenizer_config.json"
+    if not cfg_path.is_file():
+        return
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if cfg.get("tokenizer_class") == "TokenizersBackend" and (folder / "tokenizer.json").is_file():
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+        cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def _check_output_dir(out: Path) -> None:
     """Refuse to replace a file or a non-empty folder that is not a model folder (user data)."""
     if out.exists() and not out.is_dir():
@@ -246,6 +264,7 @@ def save_model_folder(model, tokenizer, out_dir: str | os.PathLike, *,
         model.save_pretrained(tmp)
         _generation_config(model, tokenizer).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        _portable_tokenizer_class(tmp)
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
         if not any(p.suffix == ".safetensors" for p in tmp.iterdir()):

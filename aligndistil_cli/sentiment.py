@@ -34,7 +34,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from aligndistil_cli.errors import AlignDistilError
 from aligndistil_cli.fsutil import sha256_file, write_json_atomic, write_text_atomic
@@ -263,7 +263,7 @@ def prompt_messages(opening: str) -> list[dict]:
 
 
 @functools.lru_cache(maxsize=1)
-def _analyzer():
+def _analyzer() -> Any:
     try:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
     except ImportError as exc:
@@ -311,7 +311,7 @@ def chosen_probability(high_score: float, low_score: float, temperature: float) 
     """
     if temperature == 0:
         return 1.0 if high_score > low_score else 0.5
-    return _sigmoid((high_score - low_score) * temperature)
+    return _sigmoid((high_score - low_score) / temperature)
 
 
 def label_pairs(prompt_rows: Sequence[dict], responses: Sequence[Sequence[str]],
@@ -426,6 +426,7 @@ def prepare_sentiment(corpus: str | os.PathLike, model_dir: str | os.PathLike,
     flat = [s for row in scores for s in row]
     stats.update({
         "corpus": str(corpus), "model": str(model_dir), "snippets": len(snippets),
+        "corpus_sha256": sha256_file(corpus) if Path(corpus).is_file() else None,
         "unique_openings": len(prompts), "n_train": len(train_rows), "n_eval": len(eval_rows),
         "samples": samples, "max_new_tokens": max_new_tokens, "seed": seed,
         "reference_mean_score": sum(flat) / len(flat) if flat else None,

@@ -140,6 +140,7 @@ def test_no_top_k_and_model_generation_config_ignored(tokenizer, prompts):
     m = build_model(tokenizer, seed=3)
     m.generation_config.top_k = 5
     m.generation_config.repetition_penalty = 3.0
+    m.generation_config.suppress_tokens = list(range(10, len(tokenizer)))  # a field we never set
     out = sample_responses(m, tokenizer, prompts[:1], max_new_tokens=1, samples_per_prompt=400,
                            batch_size=400, seed=0)
     firsts = {r[0] for r in out[0]}
@@ -193,11 +194,13 @@ def test_generate_to_jsonl_resumes_without_duplicates(model, tokenizer, tmp_path
     full = _read(out)
     assert {tuple(sorted(r)) for r in full} == {("generator", "prompt", "response", "row_id",
                                                  "sample")}
-    data = out.read_bytes()
-    out.write_bytes(data[: len(data) // 2 + 7])  # a torn line and a half-written row
+    lines = out.read_bytes().splitlines(keepends=True)
+    # Chunks hold 3 rows x 2 samples = lines 0-5, 6-11, 12-13. Keep chunk 0, row-3 complete,
+    # row-4 sample 0 and half of row-4 sample 1 (a torn line): chunk 1 is partly done.
+    out.write_bytes(b"".join(lines[:9]) + lines[9][: len(lines[9]) // 2])
     written = generate_to_jsonl(model, tokenizer, rows, out, **kw)
     resumed = _read(out)
-    assert 0 < written < 14
+    assert written == 14 - 8  # rows 4 and 5 of chunk 1, then chunk 2
     key = lambda r: (r["row_id"], r["sample"])  # noqa: E731
     assert len({key(r) for r in resumed}) == len(resumed) == 14
     assert sorted(resumed, key=key) == sorted(full, key=key)  # resume equals uninterrupted

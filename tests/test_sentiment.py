@@ -308,6 +308,14 @@ def test_more_samples_pair_best_against_worst():
     assert (pairs[0]["chosen_score"], pairs[0]["rejected_score"]) == (0.8, -0.9)
 
 
+def test_all_tied_samples_still_pair_two_different_strings():
+    rows = [{"id": "1", "opening": "o", "rating": 0.0}]
+    pairs, stats = label_pairs(rows, [["a", "b", "a"]], [[0.0, 0.0, 0.0]],
+                               label_temperature=0, seed=0)
+    assert {pairs[0]["chosen"], pairs[0]["rejected"]} == {"a", "b"}
+    assert stats["identical_dropped"] == 0 and stats["score_ties"] == 1
+
+
 def test_score_ties_at_temperature_zero_are_kept_as_a_coin_or_dropped():
     n = 400
     rows = [{"id": str(i), "opening": f"o{i}", "rating": 0.0} for i in range(n)]

@@ -211,6 +211,8 @@ def test_corrupt_header_and_bad_values_are_reported(tmp_path):
     assert "shard-00000.safetensors: cannot be read" in problems
     assert "tvd has non-finite values" in problems
     assert "topk_logprobs exceed 0" in problems
+    assert "shard-00001.safetensors: 3 response tokens, manifest says 9" in problems
+    assert "sha256" not in problems.split("shard-00001")[1]  # re-hashed replacement matches
 
 
 def test_missing_shard_is_named(tmp_path):
@@ -302,3 +304,13 @@ def test_two_ranks_equal_one_writer(tmp_path):
     assert rank0.my_shards() == [0, 2, 4]
     rank0.finalize(collect_shard_infos(shared, 5), {"note": "test"})
     assert folder_bytes(shared) == folder_bytes(tmp_path / "single")
+
+
+def test_manifest_that_skips_a_shard_fails_coverage(tmp_path):
+    build(tmp_path, make_records(8, top_k=5, seed=2), shard_size=3)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    del manifest["shards"][1]  # sequences 3..5 no longer covered
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    problems = "\n".join(verify_teacher(tmp_path).problems)
+    assert "shard-00002.safetensors: does not cover sequences from 3" in problems
+    assert "manifest counts 8 sequences, its shards list 5" in problems

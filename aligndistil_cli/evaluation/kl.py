@@ -44,7 +44,7 @@ def sequence_logps(model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]],
 
 
 def sequence_kl(policy_logps: torch.Tensor, ref_logps: torch.Tensor) -> float:
-    """Monte-Carlo estimate of KL(pi || pi_ref) for sequences: mean of log pi(y|x) - log pi_ref(y|x).
+    """Monte-Carlo estimate of the sequence KL(pi || pi_ref): mean of log pi(y|x) - log pi_ref(y|x).
 
     Unbiased only when the responses y were sampled from the policy pi itself (on its prompts);
     a single estimate can be negative, the expectation cannot.

@@ -11,7 +11,7 @@ from typing import Sequence
 
 
 def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz, Numerical Recipes 6.4)."""
+    """Incomplete-beta continued fraction (modified Lentz method, Numerical Recipes 6.4)."""
     tiny, eps = 1e-300, 1e-15
     qab, qap, qam = a + b, a + 1.0, a - 1.0
     c, d = 1.0, 1.0 - qab * x / qap
@@ -87,12 +87,13 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
 
 
 def win_rate(scores: Sequence[float], ref_scores: Sequence[float]) -> float:
-    """Fraction of paired items (same prompt and sample index) where ``scores`` beats the reference.
+    """Fraction of pairs (same prompt and sample index) where ``scores`` beats the reference.
 
     Ties count half, so identical policies score 0.5.
     """
     if len(scores) != len(ref_scores) or not scores:
-        raise ValueError(f"need equally long, non-empty lists, got {len(scores)}, {len(ref_scores)}")
+        raise ValueError(f"need equally long, non-empty lists, got {len(scores)}, "
+                         f"{len(ref_scores)}")
     points = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, ref_scores))
     return points / len(scores)
 

@@ -224,20 +224,23 @@ class _HeadStudent:
 
     def __init__(self, hidden: Tensor, head_weight: Tensor, vocab: int, need_grad: bool) -> None:
         self.hidden, self.weight, self.vocab = hidden.detach(), head_weight.detach(), vocab
+        # bf16 hidden states (autocast) with fp32 master weights: multiply in the wider dtype
+        self.dtype = torch.promote_types(hidden.dtype, head_weight.dtype)
+        self.head = self.weight[:vocab].to(self.dtype)  # a view unless a cast is needed
         self.grad_h = torch.zeros_like(hidden) if need_grad and hidden.requires_grad else None
         # fp32 accumulator: summing many chunk contributions in bf16 would lose precision
         self.grad_w = (torch.zeros(head_weight.shape, dtype=torch.float32, device=head_weight.device)
                        if need_grad and head_weight.requires_grad else None)
 
     def rows(self, sl: slice) -> Tensor:
-        return (self.hidden[sl] @ self.weight[: self.vocab].t()).float()
+        return (self.hidden[sl].to(self.dtype) @ self.head.t()).float()
 
     def add_grad(self, sl: slice, g: Tensor) -> None:
-        g = g.to(self.hidden.dtype)
+        g = g.to(self.dtype)
         if self.grad_h is not None:
-            self.grad_h[sl] = g @ self.weight[: self.vocab]
+            self.grad_h[sl] = (g @ self.head).to(self.grad_h.dtype)
         if self.grad_w is not None:
-            self.grad_w[: self.vocab].add_(g.t() @ self.hidden[sl])
+            self.grad_w[: self.vocab].add_(g.t() @ self.hidden[sl].to(self.dtype))
 
     def grads(self) -> tuple[Tensor | None, Tensor | None]:
         gw = None if self.grad_w is None else self.grad_w.to(self.weight.dtype)
@@ -261,7 +264,8 @@ class _Plan:
         """Loss (fp32 scalar) and summed metrics; accumulates gradients into ``student``."""
         kind = "dense" if not isinstance(self.targets, TopKTargets) else "topk"
         div = _DIVERGENCES[(kind, self.divergence)]
-        sums: dict[str, Tensor] = {}
+        # present even with no rows, so callers can log them unconditionally
+        sums: dict[str, Tensor] = {k: self.coef.new_zeros(()) for k in ("kl", "weighted_kl", "weight")}
         loss = self.coef.new_zeros(())
         for start in range(0, self.coef.shape[0], self.chunk_tokens):
             sl = slice(start, start + self.chunk_tokens)

@@ -124,8 +124,8 @@ def report_counts(report) -> int:
     return 1
 
 
-def reporter(stage: str, ctx: StageContext) -> Reporter:
-    return Reporter(stage, enabled=ctx.dist.is_main)
+def reporter(stage: str, ctx: StageContext, unit: str = "optimizer steps") -> Reporter:
+    return Reporter(stage, enabled=ctx.dist.is_main, unit=unit)
 
 
 @torch.no_grad()

@@ -82,3 +82,49 @@ def require_path(path: str, what: str, flag: str) -> Path:
     if not p.exists():
         raise AlignDistilError(f"{what} {path} does not exist", f"check {flag}")
     return p
+
+
+@dataclass(frozen=True)
+class TeacherOptions(StageConfig):
+    """How the synthetic teacher is composed (shared by build-teacher, live distill, inspect)."""
+
+    variant: str | None = option(None, "Named combination of --contrast and --alpha "
+                                 "(aligndistil = reverse + adaptive).",
+                                 choices=("aligndistil", "contrastive", "adaptive", "theorem1"), group="Teacher")
+    contrast: str | None = option(None, "reverse: z* = z_dpo + a(z_dpo - z_rev) (Eq. 15); reference: "
+                                  "z* = z_ref + a(z_dpo - z_ref) (Eq. 11). Default reverse.",
+                                  choices=("reverse", "reference"), group="Teacher")
+    alpha: str = option("adaptive", "adaptive (alpha_t = alpha_max * TVD_t + eps, Eq. 16) or a constant "
+                        "such as 1.0.", group="Teacher")
+    alpha_max: float = option(20.0, "r of Eq. 16 with TVD in [0, 1]; 20 = the official --beta2 10.",
+                              group="Teacher")
+    beta: float = option(0.1, "beta0 of the DPO models; the token weight is beta / alpha_t.", group="Teacher")
+
+    def teacher_spec(self):
+        """The :class:`TeacherSpec` these options describe, or a one-line error."""
+        from aligndistil_cli.teacher.compose import VARIANTS, TeacherSpec
+
+        constant = None
+        if self.alpha != "adaptive":
+            try:
+                constant = float(self.alpha)
+            except ValueError:
+                raise AlignDistilError(f"--alpha must be 'adaptive' or a number, got {self.alpha!r}",
+                                       "pass --alpha adaptive or e.g. --alpha 1.0") from None
+        contrast, mode = VARIANTS[self.variant] if self.variant else (self.contrast or "reverse", None)
+        if self.variant and self.contrast and self.contrast != contrast:
+            raise AlignDistilError(f"--variant {self.variant} uses --contrast {contrast}, not {self.contrast}",
+                                   "drop one of the two options")
+        if mode == "adaptive" and constant is not None:
+            raise AlignDistilError(f"--variant {self.variant} is adaptive but --alpha {self.alpha} is constant",
+                                   f"drop --alpha, or use --variant {'contrastive' if contrast == 'reverse' else 'theorem1'}")
+        if mode == "constant" and constant is None:
+            constant = 1.0
+        return TeacherSpec(contrast=contrast, alpha=constant, alpha_max=self.alpha_max, beta=self.beta)
+
+    def variant_name(self) -> str:
+        from aligndistil_cli.teacher.compose import VARIANTS
+
+        spec = self.teacher_spec()
+        mode = "adaptive" if spec.adaptive else "constant"
+        return next(k for k, v in VARIANTS.items() if v == (spec.contrast, mode))

@@ -628,7 +628,7 @@ def verify_teacher(folder: str | os.PathLike) -> VerifyReport:
     example_ids: list[int] = []
     for info in shards:
         _verify_shard(report, manifest, info, stats, example_ids)
-    _check_totals(report, manifest, stats)
+    _check_totals(report, manifest)
     tokens = stats["response_tokens"]
     mass_sum, min_mass = stats.pop("mass_sum"), stats.pop("min_mass")
     stats["mean_mass"] = mass_sum / tokens if tokens else None
@@ -638,12 +638,15 @@ def verify_teacher(folder: str | os.PathLike) -> VerifyReport:
     return report
 
 
-def _check_totals(report: VerifyReport, manifest: dict, stats: dict) -> None:
+def _check_totals(report: VerifyReport, manifest: dict) -> None:
+    """The manifest's totals and shard list agree and tile the sequences (shards are checked
+    against their own entries by :func:`_verify_shard`)."""
     counts, size = manifest.get("counts", {}), manifest.get("shard_size", 0)
-    for key, stat in (("sequences", "sequences"), ("response_tokens", "response_tokens")):
-        if counts.get(key) != stats[stat]:
-            report.problems.append(f"manifest counts {counts.get(key)} {key}, shards hold {stats[stat]}")
     shards = manifest.get("shards", [])
+    for key, per_shard in (("sequences", "sequences"), ("response_tokens", "tokens")):
+        listed = sum(s.get(per_shard, 0) for s in shards)
+        if counts.get(key) != listed:
+            report.problems.append(f"manifest counts {counts.get(key)} {key}, its shards list {listed}")
     for k, s in enumerate(shards):
         if s.get("index") != k or s.get("first_sequence") != k * size or \
                 (k < len(shards) - 1 and s.get("sequences") != size):
@@ -663,9 +666,15 @@ def _verify_shard(report: VerifyReport, manifest: dict, info: dict, stats: dict,
         report.problems.append(f"{info['file']}: sha256 differs from the manifest (corrupt or replaced)")
     try:
         handle = safe_open(str(path), framework="pt")
-        problems = _check_layout(handle, manifest, info, stats, example_ids)
-        if not problems:
-            problems = _check_values(handle, manifest)
+        problems, rows = _check_layout(handle, manifest, info)
+        if rows is not None:  # internally consistent: count it and look at the values
+            if rows != info["tokens"]:
+                problems.append(f"{rows} response tokens, manifest says {info['tokens']}")
+            stats["sequences"] += info["sequences"]
+            stats["response_tokens"] += rows
+            example_ids.extend(handle.get_tensor("example_ids").tolist())
+            _accumulate_mass(handle, manifest, stats, rows)
+            problems += _check_values(handle, manifest)
     except Exception as exc:  # a corrupt header makes safetensors raise arbitrary errors
         problems = [f"cannot be read ({type(exc).__name__}: {str(exc)[:80]})"]
     report.problems.extend(f"{info['file']}: {p}" for p in problems)
@@ -680,39 +689,37 @@ def _expected_tensors(manifest: dict) -> dict[str, str]:
     return names
 
 
-def _check_layout(handle: Any, manifest: dict, info: dict, stats: dict,
-                  example_ids: list[int]) -> list[str]:
-    """Names, dtypes, shapes and coverage of one shard against the manifest's counts."""
+def _check_layout(handle: Any, manifest: dict, info: dict) -> tuple[list[str], int | None]:
+    """Names, dtypes, shapes and coverage of one shard; returns (problems, response rows).
+
+    Rows is None when the shard is not internally consistent (its values are then not read).
+    """
     expected = _expected_tensors(manifest)
     if set(handle.keys()) != set(expected):
-        return [f"tensors {sorted(handle.keys())}, expected {sorted(expected)}"]
+        return [f"tensors {sorted(handle.keys())}, expected {sorted(expected)}"], None
     wrong = [f"{n} is {handle.get_slice(n).get_dtype()}, expected {d}"
              for n, d in expected.items() if handle.get_slice(n).get_dtype() != d]
     if wrong:
-        return wrong
+        return wrong, None
     offsets, starts = handle.get_tensor("seq_offsets"), handle.get_tensor("response_start")
     n_seq, n_ids = info["sequences"], handle.get_slice("input_ids").get_shape()[0]
     lengths = offsets[1:] - offsets[:-1]
     if offsets.shape != (n_seq + 1,) or starts.shape != (n_seq,) or offsets[0] != 0 \
             or offsets[-1] != n_ids or (lengths < 2).any():
-        return [f"seq_offsets/response_start do not describe {n_seq} sequences over {n_ids} tokens"]
+        return [f"seq_offsets/response_start do not describe {n_seq} sequences "
+                f"over {n_ids} tokens"], None
     if ((starts < 1) | (starts >= lengths)).any():
-        return ["a response_start lies outside [1, sequence length)"]
+        return ["a response_start lies outside [1, sequence length)"], None
     rows = int((lengths - starts).sum())
-    problems = [] if rows == info["tokens"] else [f"{rows} response tokens, manifest says {info['tokens']}"]
     width = manifest["top_k"] or manifest["vocab_size"]
+    problems = []
     for name in expected:
         shape = handle.get_slice(name).get_shape()
         want = {"input_ids": [n_ids], "seq_offsets": [n_seq + 1], "response_start": [n_seq],
                 "example_ids": [n_seq]}.get(name, [rows] if name in TOKEN_FLOATS else [rows, width])
         if shape != want:
             problems.append(f"{name} has shape {shape}, expected {want}")
-    stats["sequences"] += n_seq
-    stats["response_tokens"] += rows
-    if not problems:
-        example_ids.extend(handle.get_tensor("example_ids").tolist())
-        _accumulate_mass(handle, manifest, stats, rows)
-    return problems
+    return problems, None if problems else rows
 
 
 def _row_chunks(handle: Any, name: str, rows: int, width: int):

@@ -165,8 +165,10 @@ class HeadLogits:
 
     def rows(self, sl: slice) -> Tensor:
         """fp32 logits [c, V] of rows ``sl``; the matmul runs in the input dtype (like the model's
-        own lm_head, fp32 accumulation on GPU) and is upcast after."""
-        return (self.hidden[sl] @ self.weight[: self.n_vocab].t()).float()
+        own lm_head, fp32 accumulation on GPU; the wider one when hidden and weight differ, e.g.
+        bf16 autocast activations with fp32 weights) and is upcast after."""
+        dtype = torch.promote_types(self.hidden.dtype, self.weight.dtype)
+        return (self.hidden[sl].to(dtype) @ self.weight[: self.n_vocab].to(dtype).t()).float()
 
 
 Logits = Union[Tensor, HeadLogits]

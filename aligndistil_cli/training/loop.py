@@ -135,6 +135,7 @@ class TrainLoop:
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        Path(self.s.output_dir).mkdir(parents=True, exist_ok=True)
         if self.s.resume_from is not None:
             self._resume(Path(self.s.resume_from))
         elif self.dist.is_main and self.metrics_path.exists():
@@ -161,6 +162,8 @@ class TrainLoop:
 
     def _optimizer_step(self) -> dict[str, Any]:
         t0 = time.time()
+        if hasattr(self.task, "begin_step"):  # on-policy tasks sample per optimizer step
+            self.task.begin_step(self.step)
         batch = global_batch(self.step, len(self.task), self.s)
         mine = batch[self.dist.rank:: self.dist.world_size]
         sums: dict[str, list[float]] = {}

@@ -21,8 +21,8 @@ class Reporter:
 
     SHOWN = ("loss", "lr", "kl", "mean_alpha", "rewards/accuracies", "rewards/margins")
 
-    def __init__(self, description: str, enabled: bool = True, stream=None) -> None:
-        self.description = description
+    def __init__(self, description: str, enabled: bool = True, stream=None, unit: str = "optimizer steps") -> None:
+        self.description, self.unit = description, unit
         self.enabled = enabled
         self.stream = stream or sys.stdout
         self.tty = enabled and self.stream.isatty()
@@ -43,7 +43,7 @@ class Reporter:
             self._progress.start()
             self._task = self._progress.add_task(self.description, total=total, completed=done, info="")
         elif self.enabled:
-            print(f"{self.description}: {total} optimizer steps (starting at {done})", file=self.stream, flush=True)
+            print(f"{self.description}: {total} {self.unit} (starting at {done})", file=self.stream, flush=True)
 
     def update(self, step: int, metrics: dict[str, Any] | None = None) -> None:
         if not self.enabled:

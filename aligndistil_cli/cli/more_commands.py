@@ -1,2 +1,0 @@
-from aligndistil_cli.cli.app import app  # noqa: F401
-
