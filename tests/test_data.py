@@ -19,8 +19,9 @@ ROWS = [
      "rejected": "a bad answer rambles on"},
     {"prompt": "the movie was", "chosen": "great and wonderful", "rejected": "terrible and dull"},
 ]
-HH_CHOSEN = "\n\nHuman: what is the capital?\n\nAssistant: Paris.\n\nHuman: sure?\n\nAssistant: yes"
-HH_REJECTED = "\n\nHuman: what is the capital?\n\nAssistant: Paris.\n\nHuman: sure?\n\nAssistant: no"
+HH_PROMPT = "\n\nHuman: what is the capital?\n\nAssistant: Paris.\n\nHuman: sure?\n\nAssistant:"
+HH_CHOSEN = HH_PROMPT + " yes"
+HH_REJECTED = HH_PROMPT + " no"
 SYSTEM = {"role": "system", "content": "be short"}
 
 
@@ -127,6 +128,22 @@ def test_load_save_to_disk_dataset_and_dataset_dict(tmp_path):
     assert strip_ids(load_rows(str(tmp_path / "dict"), split="test")) == ROWS[1:]
     with pytest.raises(AlignDistilError, match=r"no split 'dev' \(available: test, train\)"):
         load_rows(str(tmp_path / "dict"), split="dev")
+
+
+def test_load_folder_of_files_gzip_and_jsonl_named_json(tmp_path):
+    import gzip
+
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(json.dumps(ROWS[0]) + "\n")
+    (folder / "test.jsonl").write_text(json.dumps(ROWS[1]) + "\n")
+    assert strip_ids(load_rows(str(folder), split="test")) == ROWS[1:]
+    with pytest.raises(AlignDistilError, match="available: test, train"):
+        load_rows(str(folder), split="dev")
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(json.dumps(ROWS[0]).encode()))
+    assert strip_ids(load_rows(str(tmp_path / "d.jsonl.gz"))) == ROWS[:1]
+    (tmp_path / "lines.json").write_text("\n".join(json.dumps(r) for r in ROWS))
+    assert strip_ids(load_rows(str(tmp_path / "lines.json"))) == ROWS
 
 
 def test_missing_unreadable_and_unsupported_files(tmp_path):
@@ -243,9 +260,9 @@ def test_template_default_system_prompt_not_duplicated():
 
 
 def test_template_without_eos_gets_one_appended():
-    tok = build_tokenizer(chat_template="{% for m in messages %}[{{ m['role'] }}]\n{{ m['content'] }}"
-                                        "\n{% endfor %}{% if add_generation_prompt %}[assistant]\n"
-                                        "{% endif %}")
+    tok = build_tokenizer(chat_template="{% for m in messages %}[{{ m['role'] }}]\n"
+                                        "{{ m['content'] }}\n{% endfor %}"
+                                        "{% if add_generation_prompt %}[assistant]\n{% endif %}")
     (pair,), report = prepare_pairs([ROWS[0]], tok)
     assert pair.chosen_ids[-1] == tok.eos_token_id and pair.chosen_ids.count(tok.eos_token_id) == 1
     assert Reason.NOT_A_PREFIX not in report.reasons
@@ -299,7 +316,7 @@ def test_no_template_plain_text(plain_tok):
 
 def test_no_template_hh_keeps_transcript_text(plain_tok):
     (pair,), _ = prepare_pairs([{"chosen": HH_CHOSEN, "rejected": HH_REJECTED}], plain_tok)
-    assert plain_tok.decode(pair.prompt_ids) == HH_CHOSEN[: -len(" yes")]
+    assert plain_tok.decode(pair.prompt_ids) == HH_PROMPT
     assert plain_tok.decode(pair.chosen_ids) == " yes<|im_end|>"
     assert plain_tok.decode(pair.prompt_ids + pair.chosen_ids) == HH_CHOSEN + "<|im_end|>"
 

@@ -120,4 +120,7 @@ _register_evaluation()
 
 
 def main() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress display is enough
     app()

@@ -185,7 +185,8 @@ def _read_hub(name: str, split: str) -> list:
     try:
         return datasets.load_dataset(name, split=split).to_list()
     except ConnectionError as exc:
-        raise AlignDistilError(f"the Hugging Face Hub is unreachable, cannot load dataset '{name}'",
+        raise AlignDistilError(f"'{name}' is not a local file or folder, and the Hugging Face "
+                               "Hub is unreachable to load it as a dataset",
                                "download it elsewhere and pass a local file/folder") from exc
     except datasets.exceptions.DatasetNotFoundError as exc:
         raise AlignDistilError(f"'{name}' is neither a local file nor a dataset on the hub",

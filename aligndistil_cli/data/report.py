@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum
 
 from rich.table import Table
 
@@ -22,8 +22,11 @@ MAX_EXAMPLE_IDS = 5
 ON_INVALID_CHOICES = ("error", "skip", "drop")  # "drop" is an alias of "skip"
 
 
-class Reason(StrEnum):
+class Reason(str, Enum):
     """Why a row was dropped or changed. The value is what the report prints."""
+
+    def __str__(self) -> str:  # StrEnum behaviour, which Python 3.10 lacks
+        return self.value
 
     MALFORMED = "malformed row or message list"
     MISSING_FIELD = "missing field"

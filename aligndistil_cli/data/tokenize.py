@@ -36,7 +36,7 @@ def eos_id(tokenizer: Any) -> int:
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is None:
         raise AlignDistilError("the tokenizer has no EOS token",
-                               "use a tokenizer with an eos_token (set it in tokenizer_config.json)")
+                               "use a tokenizer with an eos_token (see tokenizer_config.json)")
     return int(eos)
 
 

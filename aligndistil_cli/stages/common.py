@@ -111,17 +111,15 @@ def load_pairs(cfg, tokenizer, *, swap: bool, console: bool = True) -> tuple[lis
 
 
 def show_report(report, enabled: bool = True) -> None:
+    """The validation table when rows were dropped or noted; one line when all rows are valid."""
     from aligndistil_cli.data import render_report
 
-    if enabled and getattr(report, "has_problems", True) and report_counts(report):
+    if not enabled:
+        return
+    if report.reasons:
         console().print(render_report(report))
-
-
-def report_counts(report) -> int:
-    counts = getattr(report, "counts", None)
-    if isinstance(counts, dict):
-        return sum(counts.values())
-    return 1
+    else:
+        console().print(f"data: all {report.n_rows} rows valid")
 
 
 def reporter(stage: str, ctx: StageContext, unit: str = "optimizer steps") -> Reporter:
