@@ -100,15 +100,15 @@ class _Chunk:
     tvd: Tensor | None = None
 
 
-def _dense_chunk(t: DenseTargets, sl: slice, vocab: int) -> _Chunk:
+def _dense_chunk(t: DenseTargets, sl: slice) -> _Chunk:
     return _Chunk(t.logprobs[sl].detach().float())
 
 
-def _topk_chunk(t: TopKTargets, sl: slice, vocab: int) -> _Chunk:
+def _topk_chunk(t: TopKTargets, sl: slice) -> _Chunk:
     return _Chunk(t.logprobs[sl].detach().float(), ids=t.ids[sl].long())
 
 
-def _live_chunk(t: LiveTargets, sl: slice, vocab: int) -> _Chunk:
+def _live_chunk(t: LiveTargets, sl: slice) -> _Chunk:
     base = None if t.z_base is None else logit_rows(t.z_base, sl)
     rows = compose_teacher(logit_rows(t.z_dpo, sl), logit_rows(t.z_neg, sl), t.spec, base)
     return _Chunk(rows.logprobs, weight=rows.weight, alpha=rows.alpha, tvd=rows.tvd)
@@ -117,11 +117,7 @@ def _live_chunk(t: LiveTargets, sl: slice, vocab: int) -> _Chunk:
 _TARGET_CHUNK: dict[type, Callable[..., _Chunk]] = {
     DenseTargets: _dense_chunk, TopKTargets: _topk_chunk, LiveTargets: _live_chunk,
 }
-
-
-def _rowdot(a: Tensor, b: Tensor) -> Tensor:
-    """sum_v a * b per row without a [c, V] temporary: [c]."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+_TARGET_KIND: dict[type, str] = {DenseTargets: "dense", TopKTargets: "topk", LiveTargets: "dense"}
 
 
 def _reverse_kl_dense(z: Tensor, t: _Chunk, need_grad: bool) -> tuple[Tensor, Tensor | None]:
@@ -129,11 +125,12 @@ def _reverse_kl_dense(z: Tensor, t: _Chunk, need_grad: bool) -> tuple[Tensor, Te
 
     Args: z [c, V] fp32 student logits; t.logprobs [c, V] log q. Returns (kl [c], grad [c, V]).
     """
-    diff = torch.log_softmax(z, -1)
-    p = diff.exp()
-    diff.sub_(t.logprobs)
-    kl = _rowdot(p, diff)
-    return kl, (diff.sub_(kl[:, None]).mul_(p) if need_grad else None)
+    logp = torch.log_softmax(z, -1)
+    p = logp.exp()
+    terms = logp.sub_(t.logprobs).mul_(p)  # in place: two [c, V] buffers in all
+    # torch.sum's pairwise reduction: a plain fp32 dot over 150k terms loses ~1e-4 relative
+    kl = terms.sum(-1)
+    return kl, (terms.sub_(p.mul_(kl[:, None])) if need_grad else None)
 
 
 def _forward_kl_dense(z: Tensor, t: _Chunk, need_grad: bool) -> tuple[Tensor, Tensor | None]:
@@ -257,19 +254,17 @@ class _Plan:
     mask: Tensor  # [N] bool
     divergence: str
     chunk_tokens: int
-    vocab: int
 
     def run(self, student: _LogitsStudent | _HeadStudent, need_grad: bool
             ) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss (fp32 scalar) and summed metrics; accumulates gradients into ``student``."""
-        kind = "dense" if not isinstance(self.targets, TopKTargets) else "topk"
-        div = _DIVERGENCES[(kind, self.divergence)]
+        div = _DIVERGENCES[(_TARGET_KIND[type(self.targets)], self.divergence)]
         # present even with no rows, so callers can log them unconditionally
         sums: dict[str, Tensor] = {k: self.coef.new_zeros(()) for k in ("kl", "weighted_kl", "weight")}
         loss = self.coef.new_zeros(())
         for start in range(0, self.coef.shape[0], self.chunk_tokens):
             sl = slice(start, start + self.chunk_tokens)
-            teacher = _TARGET_CHUNK[type(self.targets)](self.targets, sl, self.vocab)
+            teacher = _TARGET_CHUNK[type(self.targets)](self.targets, sl)
             kl, grad = div(student.rows(sl), teacher, need_grad)
             m = self.mask[sl]
             w = (self.weight[sl].float() if self.weight is not None else teacher.weight)
@@ -358,8 +353,9 @@ def distill_loss(student: Tensor, targets: Targets, weight: Tensor | None, seq_i
         mask: [N] bool, rows to use (default all).
         divergence: "reverse_kl" = KL(pi_theta || pi*) (the method) or "forward_kl" = KL(pi* || pi_theta).
         length_norm: divide each sequence's sum by its token count (paper 1/|y|); else sum.
-        denominator: divisor of the sum of sequence losses; default n_seq. Pass the global batch's
-            sequence count to each micro-batch and sum the losses for gradient accumulation.
+        denominator: divisor of the sum of sequence losses; default n_seq (mean over sequences).
+            1.0 returns the sum of per-sequence losses ("loss_sum"); for gradient accumulation pass
+            the global batch's sequence count to each micro-batch and sum the losses.
         chunk_tokens: rows per chunk (extra memory ~ a few chunk x V fp32 tensors).
         head_weight: [V_head, H] lm_head weight (fused path); its first V rows are used.
         vocab_size: V, needed only for TopKTargets with a student wider than the shared vocabulary.
@@ -376,7 +372,7 @@ def distill_loss(student: Tensor, targets: Targets, weight: Tensor | None, seq_i
     mask = torch.ones(seq_index.shape, dtype=torch.bool, device=seq_index.device) if mask is None else mask.bool()
     vocab = _resolve_vocab(student, targets, head_weight, vocab_size)
     plan = _Plan(targets, weight, _row_coef(seq_index, mask, n_seq, length_norm, denominator),
-                 mask, divergence, chunk_tokens, vocab)
+                 mask, divergence, chunk_tokens)
     need_grad = torch.is_grad_enabled() and (student.requires_grad or (
         head_weight is not None and head_weight.requires_grad))
     src = (_HeadStudent if head_weight is not None else _LogitsStudent)(student, head_weight, vocab, need_grad)

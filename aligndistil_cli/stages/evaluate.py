@@ -488,15 +488,16 @@ def _reward_table(acc: dict[str, dict]):
 
 
 def _policy_table(pq: dict[str, Any]):
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"Policy quality: judge {pq['judge']}, {pq['prompts']} prompts x "
-                        f"{pq['samples_per_prompt']} samples, baseline {pq['baseline']}")
+    table = Table(title=escape(f"Policy quality: judge {pq['judge']}, {pq['prompts']} prompts x "
+                               f"{pq['samples_per_prompt']} samples, baseline {pq['baseline']}"))
     for col in ("model", "reward (95% CI)", "win rate", "KL to ref", "length", "distinct-2"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for p in pq["policies"]:
         ci = f" [{_fmt(p['reward_low'])}, {_fmt(p['reward_high'])}]" if p["reward_low"] is not None else ""
-        table.add_row(p["name"], _fmt(p["reward"]) + ci, _fmt(p["win_rate"]), _fmt(p["kl"]),
+        table.add_row(escape(p["name"]), _fmt(p["reward"]) + ci, _fmt(p["win_rate"]), _fmt(p["kl"]),
                       _fmt(p["length"], 1), _fmt(p["distinct_2"]))
     return table
 

@@ -235,10 +235,12 @@ def _reward_cell(value: float, large: float) -> str:
     return f"[{style}]{value:+.4f}[/{style}]"
 
 
-def _shown(text: str) -> str:
+def _shown(text: str, quoted: bool = False) -> str:
+    """Markup-safe text with escapes for control characters; ``quoted`` makes whitespace visible."""
     from rich.markup import escape
 
-    return escape(json.dumps(text, ensure_ascii=False)[1:-1])
+    shown = json.dumps(text, ensure_ascii=False)
+    return escape(shown if quoted else shown[1:-1])
 
 
 def render_inspect(result: dict[str, Any], fmt: str) -> None:
@@ -258,7 +260,7 @@ def render_inspect(result: dict[str, Any], fmt: str) -> None:
     for col in ("j", "token", *keys, "alpha", "tvd", "teacher top"):
         table.add_column(col, justify="right" if col not in ("token", "teacher top") else "left")
     for t in tokens:
-        top = "  ".join(f"{_shown(x['token'])} {x['prob']:.2f}" for x in t["teacher_top"])
-        table.add_row(str(t["index"]), _shown(t["token"]), *(_reward_cell(t[k], large[k]) for k in keys),
+        top = "  ".join(f"{_shown(x['token'], True)} {x['prob']:.3f}" for x in t["teacher_top"])
+        table.add_row(str(t["index"]), _shown(t["token"], True), *(_reward_cell(t[k], large[k]) for k in keys),
                       f"{t['alpha']:.3f}", f"{t['tvd']:.3f}", top)
     Console().print(table)

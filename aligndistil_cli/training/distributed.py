@@ -53,7 +53,10 @@ def all_reduce_grads(params: list[torch.nn.Parameter], info: DistInfo) -> None:
     """Sum gradients over ranks, in one flat bucket per dtype."""
     if not info.enabled:
         return
-    grads = [p.grad for p in params if p.grad is not None]
+    for p in params:  # a rank whose share of a small last batch was empty has no grads yet
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
     by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
     for g in grads:
         by_dtype.setdefault(g.dtype, []).append(g)
