@@ -82,7 +82,9 @@ if ! complete "$RUN/eval"; then
       --max-new-tokens "$GEN" --pairs "$DATA/heldout.jsonl" --dpo "$RUN/dpo" --reverse-dpo "$RUN/reverse-dpo" \
       --runs "$RUN/dpo" --runs "$RUN/aligndistil" "${COMMON[@]}"
 else
-  $AD evaluate --output "$RUN/eval" --show 2>/dev/null || cat "$RUN/eval/eval.json"
+  stage "results (already evaluated)"
+  python -c 'import json, sys; from aligndistil_cli.stages.evaluate import render_evaluate
+render_evaluate(json.load(open(sys.argv[1])), "table")' "$RUN/eval/eval.json"
 fi
 echo
 echo "done in $(( SECONDS - T0 )) s: results in $RUN/eval (eval.json, frontier.png, curves.png)"

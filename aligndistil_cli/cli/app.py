@@ -109,10 +109,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
 
 
 def _register_evaluation() -> None:
-    try:  # TEMP while eval_commands is being written
-        from aligndistil_cli.cli.eval_commands import register
-    except ModuleNotFoundError:
-        return
+    from aligndistil_cli.cli.eval_commands import register
+
     register(app)
 
 

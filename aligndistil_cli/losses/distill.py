@@ -369,13 +369,16 @@ def distill_loss(student: Tensor, targets: Targets, weight: Tensor | None, seq_i
         raise ValueError("weight is required for cached targets (ones for an unweighted KL)")
     if chunk_tokens < 1:
         raise AlignDistilError(f"chunk size must be >= 1, got {chunk_tokens}", "pass a positive chunk")
-    mask = torch.ones(seq_index.shape, dtype=torch.bool, device=seq_index.device) if mask is None else mask.bool()
+    if mask is None:
+        mask = torch.ones(seq_index.shape, dtype=torch.bool, device=seq_index.device)
+    mask = mask.bool()
     vocab = _resolve_vocab(student, targets, head_weight, vocab_size)
     plan = _Plan(targets, weight, _row_coef(seq_index, mask, n_seq, length_norm, denominator),
                  mask, divergence, chunk_tokens)
     need_grad = torch.is_grad_enabled() and (student.requires_grad or (
         head_weight is not None and head_weight.requires_grad))
-    src = (_HeadStudent if head_weight is not None else _LogitsStudent)(student, head_weight, vocab, need_grad)
+    source = _HeadStudent if head_weight is not None else _LogitsStudent
+    src = source(student, head_weight, vocab, need_grad)
     if need_grad:
         stats: dict[str, Tensor] = {}
         loss = _FusedDistill.apply(plan, src, stats, student, head_weight)
