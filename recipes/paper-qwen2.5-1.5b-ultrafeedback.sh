@@ -25,5 +25,8 @@ $AD distill --model "$MODEL" --teacher "$RUN/teacher" --output "$RUN/aligndistil
 $AD distill --model "$MODEL" --dpo "$RUN/dpo" --reverse-dpo "$RUN/reverse-dpo" --on-policy \
     --prompts "$DATA" --split train_prefs --alpha-max 30 --beta 0.1 --max-new-tokens 1024 \
     --output "$RUN/aligndistil-on" "${OFFICIAL[@]}"
-$AD generate --model "$RUN/aligndistil-off" --prompts "$DATA" --split test_prefs --format alpaca-eval \
-    --output "$RUN/aligndistil-off-alpaca.json" "${DRY[@]}" || true
+# AlpacaEval 2.0 inputs (run the benchmark elsewhere; the paper's judge is Qwen2.5-72B-Instruct)
+if [[ "${DRY_RUN:-0}" != "1" ]]; then
+  $AD generate --model "$RUN/aligndistil-off" --prompts "$DATA" --split test_prefs --format alpaca-eval \
+      --output "$RUN/aligndistil-off-alpaca.jsonl"
+fi

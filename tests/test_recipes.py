@@ -47,3 +47,15 @@ def test_sentiment_recipe_chain_on_a_tiny_model(tmp_path, tiny_model_dir):
     again = subprocess.run(["bash", str(ROOT / "recipes" / "sentiment.sh"), "quick"], env=env,
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "== train-dpo" not in again.stdout
+
+
+def test_paper_recipe_dry_run_validates_every_stage(tmp_path):
+    env = {**os.environ, "DRY_RUN": "1", "RUN_DIR": str(tmp_path / "run"),
+           "AD": f"{sys.executable} -m aligndistil_cli", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(["bash", str(ROOT / "recipes" / "paper-qwen2.5-1.5b-ultrafeedback.sh")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for stage in ("train-dpo", "train-reverse-dpo", "build-teacher", "distill"):
+        assert f"{stage} dry run: config is valid" in proc.stdout + proc.stderr
+    assert "alpha_max: 30.0" in proc.stdout + proc.stderr   # the on-policy distill stage
+    assert not (tmp_path / "run").exists()                  # a dry run writes nothing
