@@ -42,6 +42,9 @@ def resolve_teachers(dpo: str, reverse_dpo: str, reference: str, wait_s: float, 
     announced = False
     while True:
         if model_complete(dpo) and model_complete(reverse_dpo):
+            if Path(dpo).resolve() == Path(reverse_dpo).resolve():
+                return dpo, reverse_dpo, (f"teachers: the SAME model {dpo} as DPO and reverse-DPO teacher "
+                                          "(as given; TVD = 0, alpha = eps everywhere)")
             return dpo, reverse_dpo, "teachers: DPO and reverse-DPO models (complete)"
         if time.time() >= deadline:
             break

@@ -126,7 +126,8 @@ def main() -> None:
     ap.add_argument("--max-prompt-length", type=int, default=32)
     ap.add_argument("--steps", type=int, default=5, help="timed steps (median), after 1 warm-up step")
     ap.add_argument("--lr", type=float, default=5e-6)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1: on a shared "
+                    "2-core machine 2 OpenMP threads oversubscribe and run 2-5x slower; 0 = torch default)")
     ap.add_argument("--worker", choices=VARIANTS + ("prep",), help=argparse.SUPPRESS)
     ap.add_argument("--worker-file", help=argparse.SUPPRESS)
     args = ap.parse_args()

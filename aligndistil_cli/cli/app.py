@@ -54,13 +54,23 @@ stage_command(
     "aligndistil train-reverse-dpo --model runs/smollm2 --data pairs.jsonl --output runs/rev")
 
 
+def _summary_table(title: str, numbers: dict) -> None:
+    if not numbers or numbers.get("dry_run"):
+        return
+    table = Table(title=title, show_header=False)
+    for key, value in numbers.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
 stage_command(
-    app, "build-teacher", BuildTeacherConfig, run_build_teacher,
+    app, "build-teacher", BuildTeacherConfig,
+    lambda c: _summary_table("teacher cache", run_build_teacher(c)),
     "Compose the token-level teacher and cache it as verified safetensors shards.",
     """aligndistil build-teacher --dpo runs/dpo --reverse-dpo runs/rev --data pairs.jsonl --output runs/teacher
     aligndistil build-teacher --dpo runs/dpo --reference runs/smollm2 --variant theorem1 --alpha 2 --data pairs.jsonl --output runs/teacher-t1""")
 stage_command(
-    app, "distill", DistillConfig, run_distill,
+    app, "distill", DistillConfig, lambda c: _summary_table("distill", run_distill(c)),
     "Distil the teacher into the student: from a cache, live, or on-policy.",
     """aligndistil distill --model runs/smollm2 --teacher runs/teacher --output runs/aligndistil
     aligndistil distill --model runs/smollm2 --dpo runs/dpo --reverse-dpo runs/rev --data pairs.jsonl --output runs/ad-live

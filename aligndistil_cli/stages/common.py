@@ -60,7 +60,24 @@ def load_trainable(cfg, path: str, device: torch.device) -> torch.nn.Module:
     return model
 
 
+def shard_trainable(cfg, ctx: StageContext, model: torch.nn.Module) -> torch.nn.Module:
+    """--fsdp: shard the trained model with FSDP2 (``training.fsdp``) when several processes run;
+    with one process there is nothing to shard, so the flag is a no-op with a note."""
+    if not getattr(cfg, "fsdp", False):
+        return model
+    if not ctx.dist.enabled:
+        console().print("[yellow]note:[/yellow] --fsdp shards across processes; with one process "
+                        "it does nothing (launch with --nproc-per-node N or torchrun)")
+        return model
+    from aligndistil_cli.training import fsdp
+
+    return fsdp.shard(model)
+
+
 def load_frozen(cfg, path: str, device: torch.device) -> torch.nn.Module:
+    """A frozen model (reference, DPO, negative). Under --fsdp it stays replicated on every rank:
+    it is inference-only (no gradients or optimizer state to shard), and sharding it would add
+    an all-gather per forward."""
     from aligndistil_cli.models import load_model
 
     model = load_model(path, dtype=cfg.dtype, device=str(device), trust_remote_code=cfg.trust_remote_code,
@@ -165,9 +182,16 @@ def reference_logps_cache(ctx: StageContext, cfg, reference: torch.nn.Module, pa
 
 
 def save_final_model(ctx: StageContext, model: torch.nn.Module, tokenizer) -> None:
-    """Write the model files into the run folder, each file renamed into place (rank 0)."""
-    from aligndistil_cli.models import save_model_folder
+    """Write the model files into the run folder, each file renamed into place (rank 0).
 
+    An FSDP model is first gathered (a collective) into one unsharded copy on rank 0, so the
+    folder is the same consolidated safetensors folder as an unsharded run's."""
+    from aligndistil_cli.models import save_model_folder
+    from aligndistil_cli.training import fsdp
+
+    if fsdp.is_sharded(model):
+        weights = fsdp.full_model_state(model)
+        model = fsdp.plain_copy(model, weights) if ctx.dist.is_main else None
     if ctx.dist.is_main:
         staging = ctx.output / f"{TMP_PREFIX}model-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)

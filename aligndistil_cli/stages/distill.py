@@ -20,11 +20,12 @@ from aligndistil_cli.batching import make_batch
 from aligndistil_cli.config import option
 from aligndistil_cli.errors import AlignDistilError
 from aligndistil_cli.losses.distill import DIVERGENCES, DenseTargets, LiveTargets, TopKTargets, distill_loss
-from aligndistil_cli.modeling import head_weight, response_rows
+from aligndistil_cli.modeling import ResponseRows, head_weight, response_positions, response_rows
 from aligndistil_cli.stages.dpo import autocast, loop_settings
 from aligndistil_cli.stages.options import DataOptions, ModelOptions, TeacherOptions, TrainOptions
 from aligndistil_cli.stages.runner import StageContext, run_stage
 from aligndistil_cli.stages.teacher import RESPONSES, Sequence
+from aligndistil_cli.training import fsdp
 from aligndistil_cli.training.loop import MicroOutput, TrainLoop
 
 
@@ -91,11 +92,23 @@ class _StudentTask:
     def batch(self, prompts: list[list[int]], responses: list[list[int]]):
         return make_batch(prompts, responses, self.pad_id).to(self.device)
 
-    def loss(self, model, rows, targets, weight) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    @staticmethod
+    def student(model, batch) -> tuple[ResponseRows, torch.Tensor | None]:
+        """(rows, head weight): decoder hidden states and the head for the fused chunked loss (no
+        [N, V] tensor). Under FSDP, (rows holding logits [N, V], None) from the root forward:
+        calling the decoder and the head directly would skip the root unit's hooks, leaving the
+        embeddings, final norm and head sharded."""
+        if not fsdp.is_sharded(model):
+            return response_rows(model, batch), head_weight(model)
+        seq, pos, nxt = response_positions(batch)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        return ResponseRows(logits[seq, pos], nxt, seq), None
+
+    def loss(self, rows, head, targets, weight) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         n_seq = int(rows.seq_index.max()) + 1 if rows.seq_index.numel() else 1
         return distill_loss(rows.hidden, targets, weight, rows.seq_index, n_seq, divergence=self.cfg.divergence,
                             length_norm=self.cfg.length_norm, denominator=1.0, chunk_tokens=self.cfg.chunk_tokens,
-                            head_weight=head_weight(model), vocab_size=self.vocab)
+                            head_weight=head, vocab_size=self.vocab)
 
     @staticmethod
     def output(loss: torch.Tensor, stats: dict[str, torch.Tensor], n_seq: int, n_tok: int,
@@ -134,8 +147,8 @@ class CacheTask(_StudentTask):
                                   torch.cat([r.topk_logprobs for r in recs]).to(self.device))
         alpha = torch.cat([r.alpha for r in recs]).to(self.device)
         with autocast(self.device):
-            rows = response_rows(model, batch)
-        loss, stats = self.loss(model, rows, targets, self.beta / alpha)
+            rows, head = self.student(model, batch)
+        loss, stats = self.loss(rows, head, targets, self.beta / alpha)
         stats["mean_alpha"] = alpha.mean()
         reward = torch.cat([r.reward for r in recs])
         return self.output(loss, stats, len(recs), int(batch.attention_mask.sum()),
@@ -143,17 +156,19 @@ class CacheTask(_StudentTask):
 
 
 @torch.no_grad()
-def live_diagnostics(student_hidden: torch.Tensor, student_head: torch.Tensor, z_dpo, z_neg, beta: float,
+def live_diagnostics(student_hidden: torch.Tensor, student_head: torch.Tensor | None, z_dpo, z_neg, beta: float,
                      vocab: int, chunk: int) -> dict[str, tuple[float, float]]:
     """Expected token reward under the student, sum_v pi_theta(v) beta (log p_dpo(v) - log p_neg(v)),
-    and KL(pi_theta || pi_dpo), summed over rows (logged, not trained)."""
+    and KL(pi_theta || pi_dpo), summed over rows (logged, not trained). Without a head,
+    ``student_hidden`` holds the student's logits."""
     from aligndistil_cli.teacher.compose import logit_rows
 
     n = student_hidden.shape[0]
     reward = kl_dpo = 0.0
     for start in range(0, n, chunk):
         sl = slice(start, min(n, start + chunk))
-        s = torch.log_softmax((student_hidden[sl] @ student_head[:vocab].T).float(), -1)
+        z = student_hidden[sl, :vocab] if student_head is None else student_hidden[sl] @ student_head[:vocab].T
+        s = torch.log_softmax(z.float(), -1)
         d = torch.log_softmax(logit_rows(z_dpo, sl), -1)
         g = torch.log_softmax(logit_rows(z_neg, sl), -1)
         p = s.exp()
@@ -187,10 +202,10 @@ class LiveTask(_StudentTask):
             zd = HeadLogits(response_rows(self.dpo, batch).hidden, head_weight(self.dpo), self.vocab)
             zn = HeadLogits(response_rows(self.neg, batch).hidden, head_weight(self.neg), self.vocab)
         with autocast(self.device):
-            rows = response_rows(model, batch)
-        loss, stats = self.loss(model, rows, LiveTargets(zd, zn, self.spec), None)
-        extra = live_diagnostics(rows.hidden.detach(), head_weight(model).detach(), zd, zn, self.spec.beta,
-                                 self.vocab, self.cfg.chunk_tokens)
+            rows, head = self.student(model, batch)
+        loss, stats = self.loss(rows, head, LiveTargets(zd, zn, self.spec), None)
+        extra = live_diagnostics(rows.hidden.detach(), None if head is None else head.detach(), zd, zn,
+                                 self.spec.beta, self.vocab, self.cfg.chunk_tokens)
         return self.output(loss, stats, len(seqs), int(batch.attention_mask.sum()), extra)
 
 
@@ -275,6 +290,7 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
         student = common.load_trainable(cfg, cfg.model, ctx.device)
         ctx.record.inputs["model"] = common.fingerprint_input(cfg.model)
         task = (_cache_task if cfg.mode() == "cache" else _live_task)(cfg, ctx, tokenizer, student)
+        student = common.shard_trainable(cfg, ctx, student)
         loop = TrainLoop(student, tokenizer, task, loop_settings(cfg, ctx.output, ctx.resume_from), ctx.dist,
                          common.reporter(f"distill ({cfg.mode()})", ctx))
         metrics = loop.run()

@@ -132,6 +132,7 @@ def run_dpo(cfg: DPOConfig, *, reversed_pairs: bool = False) -> dict[str, Any]:
                                                      vocab, key_parts=(ctx.record.inputs["reference"], data_fp))
             reference = None  # freed: the cache replaces it
         task = DPOTask(pairs, cfg, tokenizer.pad_token_id, vocab, ctx.device, reference, ref_logps)
+        policy = common.shard_trainable(cfg, ctx, policy)
         loop = TrainLoop(policy, tokenizer, task, loop_settings(cfg, ctx.output, ctx.resume_from), ctx.dist,
                          common.reporter(stage, ctx))
         metrics = loop.run()

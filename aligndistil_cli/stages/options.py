@@ -52,6 +52,9 @@ class TrainOptions(StageConfig):
     max_grad_norm: float = option(1.0, "Gradient clipping norm.", group="Training")
     gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory.",
                                           group="Training")
+    fsdp: bool = option(False, "Shard the trained model with FSDP2 across processes (each decoder layer, "
+                        "then the root); frozen models stay replicated. Needs several processes.",
+                        group="Training")
     seed: int = option(42, "Seed of data order, sampling and initialisation.", group="Training")
     deterministic: bool = option(False, "Use deterministic CUDA kernels (slower).", group="Training")
     logging_steps: int = option(1, "Log metrics every N optimizer steps.", group="Training")

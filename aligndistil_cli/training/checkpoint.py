@@ -5,6 +5,9 @@ works) plus everything needed to continue bitwise: ``optimizer.pt`` (our own fil
 with ``torch.load(weights_only=True)``), ``rng_state.safetensors`` and ``trainer_state.json``
 (step, data position, scheduler, metrics so far). The folder is assembled under a temporary
 name and renamed, so any ``checkpoint-N`` that exists is complete.
+
+An FSDP run writes the same files (full weights, the optimizer state in the plain layout; see
+``training.fsdp``), so any checkpoint resumes with or without FSDP and with any process count.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from aligndistil_cli.errors import AlignDistilError
 from aligndistil_cli.fsutil import TMP_PREFIX, atomic_path
+from aligndistil_cli.training import fsdp
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 COMPONENTS = ("config.json", "optimizer.pt", "trainer_state.json", "rng_state.safetensors")
@@ -41,8 +45,12 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
             torch.cuda.set_rng_state_all(cuda)
 
 
-def save_checkpoint(folder: Path, model, tokenizer, optimizer, trainer_state: dict[str, Any]) -> Path:
-    """Write ``folder`` atomically. Refuses non-finite weights (they would poison a resume)."""
+def save_checkpoint(folder: Path, model, tokenizer, optimizer_state: dict[str, Any],
+                    trainer_state: dict[str, Any]) -> Path:
+    """Write ``folder`` atomically. Refuses non-finite weights (they would poison a resume).
+
+    ``model`` is an unsharded model; ``optimizer_state`` is in ``optimizer.state_dict()`` layout.
+    """
     for name, param in model.named_parameters():
         if not torch.isfinite(param).all():
             raise RuntimeError(f"refusing to checkpoint non-finite weights ({name})")
@@ -51,7 +59,7 @@ def save_checkpoint(folder: Path, model, tokenizer, optimizer, trainer_state: di
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         save_file(rng_state(), str(tmp / "rng_state.safetensors"))
         (tmp / "trainer_state.json").write_text(json.dumps({**trainer_state, "complete": True}, indent=2))
     return folder
@@ -110,13 +118,18 @@ def load_checkpoint(folder: Path, model, optimizer) -> dict[str, Any]:
     tensors: dict[str, torch.Tensor] = {}
     for f in weights:
         tensors.update(load_file(str(f)))
-    result = model.load_state_dict(tensors, strict=False)
+    sharded = fsdp.is_sharded(model)  # then every rank reads the full files and keeps its shard
+    result = fsdp.load_full_weights(model, tensors) if sharded else model.load_state_dict(tensors, strict=False)
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     missing_keys = [k for k in result.missing_keys if not (tied and k.startswith("lm_head."))]
     if missing_keys or result.unexpected_keys:
         raise AlignDistilError(
             f"checkpoint {folder} does not match the model (missing {missing_keys[:3]}, "
             f"unexpected {result.unexpected_keys[:3]})", "resume with the same --model as the run")
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu"))
+    optim_state = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
+    if sharded:
+        fsdp.load_full_optimizer(model, optimizer, optim_state)
+    else:
+        optimizer.load_state_dict(optim_state)
     set_rng_state(load_file(str(folder / "rng_state.safetensors")))
     return state

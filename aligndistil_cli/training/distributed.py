@@ -2,7 +2,9 @@
 
 Gradients are averaged by an explicit all-reduce after the local micro-batches, not by a DDP
 wrapper: the loss functions call sub-modules directly (the fused student head), and the explicit
-reduction keeps 1-process and N-process runs numerically aligned (see ``TrainLoop``).
+reduction keeps 1-process and N-process runs numerically aligned (see ``TrainLoop``). A --fsdp
+model is the exception: FSDP reduce-scatters inside backward, set to the same SUM convention
+(``training.fsdp``).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Read top to bottom: ``TrainLoop.run`` builds the optimizer and schedule, restores a checkpoint
 when resuming, then for each optimizer step takes the step's global batch from a seeded
-permutation, splits it across ranks and micro-batches, accumulates gradients, all-reduces,
-clips, steps, logs and checkpoints.
+permutation, splits it across ranks and micro-batches, accumulates gradients, all-reduces
+(FSDP: reduce-scatters inside backward), clips, steps, logs and checkpoints.
 
 Assumptions worth knowing:
 - ``batch_size`` is the global batch (sequences or pairs per optimizer step) =
@@ -28,6 +28,7 @@ import torch
 from aligndistil_cli.errors import AlignDistilError
 from aligndistil_cli.fsutil import append_jsonl
 from aligndistil_cli.training import checkpoint as ckpt
+from aligndistil_cli.training import fsdp
 from aligndistil_cli.training.distributed import DistInfo, all_reduce_grads, all_reduce_sum
 from aligndistil_cli.training.progress import Reporter
 from aligndistil_cli.training.schedule import build_scheduler
@@ -122,6 +123,7 @@ class TrainLoop:
                  dist: DistInfo, reporter: Reporter) -> None:
         self.model, self.tokenizer, self.task, self.s = model, tokenizer, task, settings
         self.dist, self.reporter = dist, reporter
+        self.sharded = fsdp.is_sharded(model)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=settings.lr, betas=settings.adam_betas,
                                            weight_decay=settings.weight_decay)
@@ -150,9 +152,10 @@ class TrainLoop:
                     self._log(metrics)
                     if self.s.after_step is not None:
                         self.s.after_step(self.step)
-                    if stop.requested:
+                    # every rank stops at the same step: checkpointing is a collective
+                    if not self._agree(not stop.requested):
                         path = self._save_checkpoint()
-                        raise Interrupted(stop.exit_code, path)
+                        raise Interrupted(stop.exit_code if stop.requested else 143, path)
                     if self.s.save_steps and self.step % self.s.save_steps == 0 and self.step < self.total:
                         self._save_checkpoint()
         finally:
@@ -168,13 +171,15 @@ class TrainLoop:
         mine = batch[self.dist.rank:: self.dist.world_size]
         sums: dict[str, list[float]] = {}
         loss_total, n_tokens, finite = 0.0, 0, True
-        for i in range(0, len(mine), self.s.micro_batch_size):
-            micro = mine[i: i + self.s.micro_batch_size]
+        for micro, weight in self._micro_batches(batch, mine):
             out = self.task.micro_step(self.model, micro)
             if not torch.isfinite(out.loss_sum.detach()):
                 finite = False
-                break
-            (out.loss_sum / len(batch)).backward()
+                if not self.sharded:  # FSDP ranks must run every backward (it reduce-scatters)
+                    break
+            (out.loss_sum / len(batch) * weight).backward()
+            if not (weight and finite):
+                continue
             loss_total += float(out.loss_sum.detach())
             n_tokens += out.n_tokens
             for k, (v, w) in out.metrics.items():
@@ -184,8 +189,10 @@ class TrainLoop:
         finite = self._agree(finite)
         grad_norm = float("nan")
         if finite:
-            all_reduce_grads(self.params, self.dist)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.s.max_grad_norm))
+            if not self.sharded:  # FSDP already summed (reduce-scattered) the gradients
+                all_reduce_grads(self.params, self.dist)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.s.max_grad_norm)
+            grad_norm = float(fsdp.full_value(norm))
             finite = self._agree(math.isfinite(grad_norm))
         if finite:
             self.optimizer.step()
@@ -198,6 +205,20 @@ class TrainLoop:
                                     grad_norm, lr)
 
     # -- helpers ----------------------------------------------------------------------------
+    def _micro_batches(self, batch: list[int], mine: list[int]) -> list[tuple[list[int], float]]:
+        """(indices, weight) per micro-batch of this rank.
+
+        Under FSDP every forward and backward is a collective, so each rank runs as many
+        micro-batches as rank 0 (which holds the most); a rank short of examples repeats the
+        batch's first example with weight 0 (no gradient, not counted in the metrics).
+        """
+        mb = self.s.micro_batch_size
+        micros = [(mine[i: i + mb], 1.0) for i in range(0, len(mine), mb)]
+        if self.sharded:
+            needed = math.ceil(len(batch[:: self.dist.world_size]) / mb)
+            micros += [(batch[:1], 0.0)] * (needed - len(micros))
+        return micros
+
     def _agree(self, ok: bool) -> bool:
         """All ranks must take the same branch: a step is finite only if finite everywhere."""
         flag = all_reduce_sum(torch.tensor([0.0 if ok else 1.0]), self.dist)
@@ -242,8 +263,14 @@ class TrainLoop:
 
     def _save_checkpoint(self) -> Path | None:
         path = Path(self.s.output_dir) / f"checkpoint-{self.step}"
+        if self.sharded:  # gathering the full state is a collective: every rank takes part
+            weights = fsdp.full_model_state(self.model)
+            optim_state = fsdp.full_optimizer_state(self.model, self.optimizer)
+            model = fsdp.plain_copy(self.model, weights) if self.dist.is_main else None
+        else:
+            model, optim_state = self.model, self.optimizer.state_dict()
         if self.dist.is_main:
-            ckpt.save_checkpoint(path, self.model, self.tokenizer, self.optimizer, self._trainer_state())
+            ckpt.save_checkpoint(path, model, self.tokenizer, optim_state, self._trainer_state())
             ckpt.prune_checkpoints(Path(self.s.output_dir), self.s.save_total_limit)
         if self.dist.enabled:
             torch.distributed.barrier()
