@@ -15,8 +15,8 @@ RUN="${RUN_DIR:-runs/sentiment-$SIZE}"
 mkdir -p "$RUN"
 
 case "$SIZE" in
-  quick) N_TRAIN=128; N_EVAL=48; GEN=32; EPOCHS=2; BATCH=8; DPO_LR=5e-6; AD_LR=2e-6; EVAL_SAMPLES=2 ;;
-  full)  N_TRAIN=4000; N_EVAL=500; GEN=48; EPOCHS=1; BATCH=64; DPO_LR=5e-6; AD_LR=2e-6; EVAL_SAMPLES=4 ;;
+  quick) N_TRAIN=128; N_EVAL=48; GEN=32; EPOCHS=2; BATCH=8; DPO_LR=1e-5; AD_LR=2e-6; EVAL_SAMPLES=4 ;;
+  full)  N_TRAIN=4000; N_EVAL=500; GEN=48; EPOCHS=1; BATCH=64; DPO_LR=1e-5; AD_LR=2e-6; EVAL_SAMPLES=4 ;;
   *) echo "usage: bash recipes/sentiment.sh [quick|full]" >&2; exit 2 ;;
 esac
 if [[ "${ALIGNDISTIL_RECIPE_TINY:-0}" == "1" ]]; then
