@@ -44,63 +44,61 @@ teacher_and_student() {  # NAME, then build-teacher options
   fi
 }
 
-# 1-2. variants and constant alpha (constant alpha = beta0/beta of the paper's ablation)
-teacher_and_student aligndistil --variant aligndistil
-teacher_and_student adaptive --variant adaptive
-teacher_and_student contrastive-a1 --variant contrastive --alpha 1
-teacher_and_student contrastive-a2 --variant contrastive --alpha 2
-teacher_and_student theorem1-a1 --variant theorem1 --alpha 1
-# 5. AlignDistil strengths along the frontier
-teacher_and_student aligndistil-amax5 --variant aligndistil --alpha-max 5
-teacher_and_student aligndistil-amax60 --variant aligndistil --alpha-max 60
+EVAL=(--reference "$MODEL" --prompts "$DATA/eval_prompts.jsonl" --judge sentiment --samples-per-prompt 4
+      --max-new-tokens "$GEN" --max-prompts "$EVAL_PROMPTS" "${COMMON[@]}")
+evaluate() {  # NAME, then --model/--name/--group options
+  local name="$1"; shift
+  if ! complete "$ABL/$name"; then
+    stage "evaluate $name"
+    $AD evaluate --output "$ABL/$name" "$@" "${EVAL[@]}"
+  fi
+}
 
-# 3. on-policy (live teachers; the student samples every step)
-if ! complete "$ABL/ad-on-policy"; then
-  stage "distill on-policy"
-  $AD distill --model "$MODEL" --dpo "$RUN/dpo" --reverse-dpo "$RUN/reverse-dpo" --on-policy \
-      --prompts "$DATA/train-split.jsonl" --max-new-tokens "$GEN" --output "$ABL/ad-on-policy" --lr "$AD_LR" \
-      --save-steps "$SAVE" "${TRAIN[@]}"
-fi
-
-# 5. DPO strengths (learning rate), with checkpoints for the convergence curves (4.)
-for lr in 2e-6 1e-5; do
+# 5. the reward/KL frontier first (the paper's headline comparison): DPO at three learning rates
+#    (the sentiment run's lr 1e-5 and two more), AlignDistil at three alpha-max values
+for lr in 3e-6 3e-5; do
   if ! complete "$ABL/dpo-lr$lr"; then
     stage "train-dpo lr $lr"
     $AD train-dpo --model "$MODEL" --data "$DATA/train-split.jsonl" --output "$ABL/dpo-lr$lr" --lr "$lr" \
         --precompute-reference --save-steps "$SAVE" "${TRAIN[@]}"
   fi
 done
+teacher_and_student aligndistil-amax5 --variant aligndistil --alpha-max 5
+teacher_and_student aligndistil-amax60 --variant aligndistil --alpha-max 60
+evaluate eval-frontier --model "$MODEL" --name reference --group reference \
+    --model "$ABL/dpo-lr3e-6" --name "dpo lr3e-6" --group dpo --model "$RUN/dpo" --name "dpo lr1e-5" --group dpo \
+    --model "$ABL/dpo-lr3e-5" --name "dpo lr3e-5" --group dpo \
+    --model "$ABL/ad-aligndistil-amax5" --name "aligndistil amax5" --group aligndistil \
+    --model "$RUN/aligndistil" --name "aligndistil amax20" --group aligndistil \
+    --model "$ABL/ad-aligndistil-amax60" --name "aligndistil amax60" --group aligndistil \
+    --runs "$ABL/dpo-lr3e-5" --runs "$RUN/aligndistil"
 
-MODELS=(--model "$MODEL" --name reference --group reference
-        --model "$ABL/dpo-lr2e-6" --name "dpo lr2e-6" --group dpo
-        --model "$RUN/dpo" --name "dpo lr5e-6" --group dpo
-        --model "$ABL/dpo-lr1e-5" --name "dpo lr1e-5" --group dpo
-        --model "$ABL/ad-aligndistil-amax5" --name "aligndistil amax5" --group aligndistil
-        --model "$ABL/ad-aligndistil" --name "aligndistil amax20" --group aligndistil
-        --model "$ABL/ad-aligndistil-amax60" --name "aligndistil amax60" --group aligndistil
-        --model "$ABL/ad-adaptive" --name "adaptive (no contrast)" --group ablation
-        --model "$ABL/ad-contrastive-a1" --name "contrastive a=1" --group ablation
-        --model "$ABL/ad-contrastive-a2" --name "contrastive a=2" --group ablation
-        --model "$ABL/ad-theorem1-a1" --name "theorem1 a=1" --group ablation
-        --model "$ABL/ad-on-policy" --name "aligndistil on-policy" --group ablation)
-EVAL=(--reference "$MODEL" --prompts "$DATA/eval_prompts.jsonl" --judge sentiment --samples-per-prompt 2
-      --max-new-tokens "$GEN" --max-prompts "$EVAL_PROMPTS" "${COMMON[@]}")
-if ! complete "$ABL/eval-frontier"; then
-  stage "evaluate: variants, constant alpha, on-policy and the reward/KL frontier"
-  $AD evaluate --output "$ABL/eval-frontier" "${MODELS[@]}" "${EVAL[@]}" \
-      --runs "$ABL/dpo-lr1e-5" --runs "$ABL/ad-aligndistil" --runs "$ABL/ad-on-policy"
+# 1-3. teacher variants, constant alpha (beta0/beta) against adaptive, off- against on-policy
+teacher_and_student adaptive --variant adaptive
+teacher_and_student contrastive-a1 --variant contrastive --alpha 1
+teacher_and_student contrastive-a2 --variant contrastive --alpha 2
+teacher_and_student theorem1-a1 --variant theorem1 --alpha 1
+if ! complete "$ABL/ad-on-policy"; then
+  stage "distill on-policy"
+  $AD distill --model "$MODEL" --dpo "$RUN/dpo" --reverse-dpo "$RUN/reverse-dpo" --on-policy \
+      --prompts "$DATA/train-split.jsonl" --max-new-tokens "$GEN" --output "$ABL/ad-on-policy" --lr "$AD_LR" \
+      --save-steps "$SAVE" "${TRAIN[@]}"
 fi
+evaluate eval-variants --model "$MODEL" --name reference --group reference \
+    --model "$RUN/aligndistil" --name "aligndistil (reverse, adaptive)" --group variants \
+    --model "$ABL/ad-adaptive" --name "adaptive (reference, adaptive)" --group variants \
+    --model "$ABL/ad-contrastive-a1" --name "contrastive a=1" --group variants \
+    --model "$ABL/ad-contrastive-a2" --name "contrastive a=2" --group variants \
+    --model "$ABL/ad-theorem1-a1" --name "theorem1 a=1" --group variants \
+    --model "$ABL/ad-on-policy" --name "aligndistil on-policy" --group on-policy --runs "$ABL/ad-on-policy"
 
-# 4. convergence: every saved checkpoint of DPO (lr 1e-5) and AlignDistil, same judge and prompts
+# 4. convergence: every saved checkpoint of DPO (lr 3e-5) and AlignDistil (alpha-max 5), same judge and prompts
 CKPTS=()
-for run in "$ABL/dpo-lr1e-5" "$ABL/ad-aligndistil"; do
+for run in "$ABL/dpo-lr3e-5" "$ABL/ad-aligndistil-amax5"; do
   for ck in $(ls -d "$run"/checkpoint-* 2>/dev/null | sort -t- -k2 -n); do
     fam=$(basename "$run"); CKPTS+=(--model "$ck" --name "$fam step ${ck##*-}" --group "$fam")
   done
   CKPTS+=(--model "$run" --name "$(basename "$run") final" --group "$(basename "$run")")
 done
-if ! complete "$ABL/eval-convergence"; then
-  stage "evaluate: convergence (checkpoints)"
-  $AD evaluate --output "$ABL/eval-convergence" "${CKPTS[@]}" "${EVAL[@]}"
-fi
-echo "ablation results: $ABL/eval-frontier (frontier.png) and $ABL/eval-convergence"
+evaluate eval-convergence "${CKPTS[@]}"
+echo "ablation results: $ABL/eval-frontier, $ABL/eval-variants, $ABL/eval-convergence"

@@ -52,6 +52,8 @@ class BuildTeacherConfig(TeacherOptions, DataOptions, ModelOptions):
     overwrite: bool = option(False, "Replace a complete cache or another stage's folder.", group="Run")
     dry_run: bool = option(False, "Validate the config and inputs, load no model.", group="Run")
     seed: int = option(0, "Unused by the math (deterministic); recorded.", group="Run")
+    nproc_per_node: int = option(1, "Re-launch under torchrun with N processes (shards split by rank).",
+                                 group="Run")
 
     def validate(self) -> None:
         spec = self.teacher_spec()
