@@ -82,4 +82,12 @@ def run_stage(stage: str, cfg: StageConfig, output: str | Path,
         write("failed")
         raise
     write("complete", metrics)
+    shutdown_distributed(dist)
     return metrics
+
+
+def shutdown_distributed(dist: DistInfo) -> None:
+    """Leave the process group cleanly: gloo/NCCL threads torn down at interpreter exit abort."""
+    if dist.enabled and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
