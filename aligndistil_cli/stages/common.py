@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -104,16 +105,24 @@ def check_tokenizers(cfg, named_paths: dict[str, str]) -> None:
 
 
 def fingerprint_input(path: str) -> dict[str, str]:
+    """Weight hash of a local folder (hub ids are named, not hashed); one hash per folder per run."""
+    if Path(path).is_dir():
+        return {"path": str(path), "sha256": _folder_hash(str(Path(path).resolve()))}
+    return {"path": str(path), "sha256": "hub:" + str(path)}
+
+
+@functools.lru_cache(maxsize=None)
+def _folder_hash(folder: str) -> str:
+    """sha256 of a model folder's weights; cached because a stage often names one folder twice
+    (DPO: --model is also the reference) and hashing a checkpoint reads every byte."""
     from aligndistil_cli.models import weights_fingerprint
 
-    if Path(path).is_dir():
-        return {"path": str(path), "sha256": weights_fingerprint(path)}
-    return {"path": str(path), "sha256": "hub:" + str(path)}
+    return weights_fingerprint(folder)
 
 
 def load_pairs(cfg, tokenizer, *, swap: bool, console: bool = True) -> tuple[list, str]:
     """Load, validate and tokenize preference pairs; ``swap`` exchanges chosen and rejected."""
-    from aligndistil_cli.data import data_fingerprint, load_rows, prepare_pairs, render_report
+    from aligndistil_cli.data import data_fingerprint, load_rows, prepare_pairs
 
     rows = load_rows(cfg.data, split=cfg.split)
     chosen_key, rejected_key = (cfg.rejected_key, cfg.chosen_key) if swap else (cfg.chosen_key, cfg.rejected_key)

@@ -31,13 +31,13 @@ import torch
 
 from aligndistil_cli.config import option
 from aligndistil_cli.errors import AlignDistilError
-from aligndistil_cli.stages.options import ModelOptions
+from aligndistil_cli.stages.options import DataKeys, ModelOptions
 
 OUTPUT_FORMATS = ("table", "json")
 
 
 @dataclass(frozen=True)
-class EvaluateConfig(ModelOptions):
+class EvaluateConfig(DataKeys, ModelOptions):
     """Reward accuracy on held-out pairs (--pairs), policy quality against the reference
     (--model ... --prompts --reference) and training curves (--runs); any subset. Writes
     eval.json, samples.jsonl, frontier.png and curves.png into --output."""
@@ -67,12 +67,6 @@ class EvaluateConfig(ModelOptions):
     max_prompts: int | None = option(None, "Use only the first N valid prompts.", group="Policy quality")
     runs: list[str] = option([], "Training run folder with metrics.jsonl for curves.png (repeatable).",
                              group="Curves")
-    split: str = option("train", "Split of a dataset folder or hub dataset.", group="Data")
-    prompt_key: str = option("prompt", "Column holding the prompt.", group="Data")
-    chosen_key: str = option("chosen", "Column holding the preferred response.", group="Data")
-    rejected_key: str = option("rejected", "Column holding the dispreferred response.", group="Data")
-    max_length: int = option(2048, "Longest prompt+response of a pair in tokens.", group="Data")
-    max_prompt_length: int = option(1024, "Longest prompt in tokens (cut from the left).", group="Data")
     batch_size: int = option(8, "Sequences per forward / generate call.", group="Run")
     format: str = option("table", "table, or json (print eval.json to stdout).", choices=OUTPUT_FORMATS,
                          group="Run")

@@ -25,13 +25,13 @@ import torch
 
 from aligndistil_cli.config import option
 from aligndistil_cli.errors import AlignDistilError
-from aligndistil_cli.stages.options import ModelOptions, TeacherOptions
+from aligndistil_cli.stages.options import DataKeys, ModelOptions, TeacherOptions
 
 REWARD_KEYS = ("dpo_reward", "contrastive_reward")
 
 
 @dataclass(frozen=True)
-class InspectRewardsConfig(TeacherOptions, ModelOptions):
+class InspectRewardsConfig(TeacherOptions, DataKeys, ModelOptions):
     """Show one response token by token: DPO and contrastive token rewards, alpha_t, TVD and the
     teacher's top tokens; live from the models or from a build-teacher cache (--teacher)."""
 
@@ -46,12 +46,6 @@ class InspectRewardsConfig(TeacherOptions, ModelOptions):
     index: int = option(0, "Row of --data, or sequence of the --teacher cache.", group="Input")
     responses: str = option("chosen", "Which response of the --data row.", choices=("chosen", "rejected"),
                             group="Input")
-    split: str = option("train", "Split of a dataset folder or hub dataset.", group="Input")
-    prompt_key: str = option("prompt", "Column holding the prompt.", group="Input")
-    chosen_key: str = option("chosen", "Column holding the preferred response.", group="Input")
-    rejected_key: str = option("rejected", "Column holding the dispreferred response.", group="Input")
-    max_length: int = option(2048, "Longest prompt+response in tokens.", group="Input")
-    max_prompt_length: int = option(1024, "Longest prompt in tokens (cut from the left).", group="Input")
     teacher: str | None = option(None, "A build-teacher cache folder (cache mode: no model is loaded).",
                                  group="Cache")
     tokenizer: str | None = option(None, "Tokenizer folder to decode cache ids (cache mode).", group="Cache")

@@ -22,9 +22,9 @@ class ModelOptions(StageConfig):
 
 
 @dataclass(frozen=True)
-class DataOptions(StageConfig):
-    data: str = option(help="Preference data: JSON/JSONL/Parquet/CSV file, save_to_disk folder or hub name.",
-                       group="Data")
+class DataKeys(StageConfig):
+    """Where the columns are and how long sequences may be: every stage that reads data."""
+
     split: str = option("train", "Split of a dataset folder or hub dataset.", group="Data")
     prompt_key: str = option("prompt", "Column holding the prompt (string or message list).", group="Data")
     chosen_key: str = option("chosen", "Column holding the preferred response.", group="Data")
@@ -32,6 +32,12 @@ class DataOptions(StageConfig):
     max_length: int = option(2048, "Longest prompt+response in tokens (response cut from the right).",
                              group="Data")
     max_prompt_length: int = option(1024, "Longest prompt in tokens (cut from the left).", group="Data")
+
+
+@dataclass(frozen=True)
+class DataOptions(DataKeys):
+    data: str = option(help="Preference data: JSON/JSONL/Parquet/CSV file, save_to_disk folder or hub name.",
+                       group="Data")
     on_invalid: str = option("skip", "What to do with invalid rows.", choices=ON_INVALID, group="Data")
     max_examples: int | None = option(None, "Use only the first N valid examples.", group="Data")
 
