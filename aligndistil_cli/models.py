@@ -63,6 +63,26 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def cpu_bf16_native() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated
+    and slower than fp32. Linux only (reads /proc/cpuinfo); False when unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+MIXED_PRECISION = ("auto", "bf16", "no")
+
+
+def mixed_precision_enabled(mode: str, device: torch.device) -> bool:
+    """bf16 autocast for the trained model: ``auto`` on CUDA only, ``bf16`` on any device, ``no``
+    never. ``auto`` leaves CPUs in fp32 so that results do not depend on the CPU's instruction set."""
+    return mode == "bf16" or (mode == "auto" and device.type == "cuda")
+
+
 def resolve_dtype(dtype: str, device: torch.device | str) -> torch.dtype:
     """Map a dtype name to a torch dtype; ``auto`` is bfloat16 on CUDA with native bf16, else fp32."""
     device = torch.device(device)

@@ -25,11 +25,9 @@ for need in "$RUN/dpo" "$RUN/reverse-dpo" "$DATA/train-split.jsonl"; do
   [[ -e "$need" ]] || { echo "missing $need: run 'bash recipes/sentiment.sh $SIZE' first" >&2; exit 2; }
 done
 mkdir -p "$ABL"
+source "$(dirname "$0")/_common.sh"    # complete, stage, MIXED_PRECISION
 COMMON=(--max-length 256 --max-prompt-length 128)
-TRAIN=(--batch-size "$BATCH" --micro-batch-size "$BATCH" --epochs "$EPOCHS" --warmup-ratio 0.1 "${COMMON[@]}")
-complete() { python -c 'import json,sys; sys.exit(json.load(open(sys.argv[1]+"/aligndistil.json")).get("status")!="complete")' "$1" 2>/dev/null; }
-stage() { printf '\n\033[1m== %s ==\033[0m\n' "$*"; }
-
+TRAIN=(--batch-size "$BATCH" --micro-batch-size "$BATCH" --epochs "$EPOCHS" --warmup-ratio 0.1 --mixed-precision "$MIXED_PRECISION" "${COMMON[@]}")
 teacher_and_student() {  # NAME, then build-teacher options
   local name="$1"; shift
   if ! complete "$ABL/teacher-$name"; then

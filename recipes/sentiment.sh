@@ -25,10 +25,7 @@ fi
 HELDOUT=$(( N_TRAIN / 8 ))           # preference pairs kept out of training for reward accuracy
 COMMON=(--max-length 256 --max-prompt-length 128)
 
-complete() {  # complete FOLDER: true when the folder's run record says "complete"
-  python -c 'import json,sys; r=json.load(open(sys.argv[1]+"/aligndistil.json")); sys.exit(r.get("status")!="complete")' "$1" 2>/dev/null
-}
-stage() { printf '\n\033[1m== %s ==\033[0m\n' "$*"; }
+source "$(dirname "$0")/_common.sh"    # complete, stage, MIXED_PRECISION
 T0=$SECONDS
 
 MODEL="${MODEL_DIR:-$RUN/smollm2-135m-instruct}"
@@ -48,12 +45,12 @@ if [[ ! -f "$DATA/heldout.jsonl" ]]; then
   tail -n "$HELDOUT" "$DATA/train.jsonl" > "$DATA/heldout.jsonl.tmp" && mv "$DATA/heldout.jsonl.tmp" "$DATA/heldout.jsonl"
 fi
 TRAIN_ARGS=(--data "$DATA/train-split.jsonl" --batch-size "$BATCH" --micro-batch-size "$BATCH"
-            --epochs "$EPOCHS" --warmup-ratio 0.1 "${COMMON[@]}")
+            --epochs "$EPOCHS" --warmup-ratio 0.1 --mixed-precision "$MIXED_PRECISION" "${COMMON[@]}")
 
 for kind in dpo reverse-dpo; do
   out="$RUN/$kind"
   if ! complete "$out"; then
-    stage "train-$kind (beta 0.1, lr $DPO_LR, reference log-probs precomputed)"
+    stage "train-$kind (beta 0.1, lr $DPO_LR, reference log-probs precomputed, mixed precision $MIXED_PRECISION)"
     resume=(); compgen -G "$out/checkpoint-*" > /dev/null && resume=(--resume)
     $AD "train-$kind" --model "$MODEL" --output "$out" --lr "$DPO_LR" --beta 0.1 \
         --precompute-reference --save-steps 10 --save-total-limit 1 "${TRAIN_ARGS[@]}" "${resume[@]}"

@@ -171,3 +171,25 @@ def test_help_of_every_command_has_an_example():
 def test_env_json():
     info = json.loads(cli("env", "--json").output)
     assert info["versions"]["torch"] and "cpu_count" in info
+    assert isinstance(info["cpu_bf16_native"], bool)
+
+
+@pytest.mark.parametrize("precompute", [True, False])
+def test_dpo_bf16_mixed_precision_on_cpu(tmp_path, tiny_model_dir, precompute):
+    """--mixed-precision bf16 runs on CPU; the reference log-probs (precomputed or live) are taken
+    under the same autocast as the policy's, so the first step's margins are exactly 0 and the
+    loss is log 2 (a fp32 reference against a bf16 policy would start with a spurious margin)."""
+    from aligndistil_cli.models import mixed_precision_enabled
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [mixed_precision_enabled(m, cpu) for m in ("auto", "bf16", "no")] == [False, True, False]
+    assert [mixed_precision_enabled(m, cuda) for m in ("auto", "bf16", "no")] == [True, True, False]
+    data = write_pairs(tmp_path / "pairs.jsonl", n=8)
+    out = tmp_path / "dpo"
+    cli("train-dpo", "--model", tiny_model_dir, "--data", data, "--output", out, "--batch-size", "4",
+        "--micro-batch-size", "4", "--max-length", "64", "--mixed-precision", "bf16",
+        *(["--precompute-reference"] if precompute else []))
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["rewards/margins"] == 0.0 and first["loss"] == pytest.approx(0.6931472, abs=1e-6)
+    assert record(out)["config"]["mixed_precision"] == "bf16"
+    assert all(v.dtype == torch.float32 for v in weights(out).values())  # fp32 master weights saved

@@ -50,7 +50,7 @@ def load_tokenizer_for(cfg, path: str):
 
 
 def load_trainable(cfg, path: str, device: torch.device) -> torch.nn.Module:
-    """The trained model keeps fp32 master weights (bf16 autocast on CUDA)."""
+    """The trained model keeps fp32 master weights (bf16 autocast per --mixed-precision)."""
     from aligndistil_cli.models import load_model
 
     model = load_model(path, dtype="float32", device=str(device), trust_remote_code=cfg.trust_remote_code,
@@ -167,8 +167,12 @@ def reference_logps_cache(ctx: StageContext, cfg, reference: torch.nn.Module, pa
 
     from aligndistil_cli.batching import make_batch, response_logps
     from aligndistil_cli.fsutil import atomic_path
+    from aligndistil_cli.stages.dpo import autocast
 
-    key = sha256_text(repr((key_parts, cfg.max_length, cfg.max_prompt_length, len(pairs))))
+    from aligndistil_cli.models import mixed_precision_enabled
+
+    bf16 = mixed_precision_enabled(cfg.mixed_precision, ctx.device)  # bf16 and fp32 log-probs differ
+    key = sha256_text(repr((key_parts, cfg.max_length, cfg.max_prompt_length, len(pairs), bf16)))
     path = ctx.output / "reference_logps.safetensors"
     if path.is_file():
         with safe_open(str(path), "pt") as fh:
@@ -180,7 +184,7 @@ def reference_logps_cache(ctx: StageContext, cfg, reference: torch.nn.Module, pa
             ex = pairs[i: i + 8]
             batch = make_batch([e.prompt_ids for e in ex] * 2, [e.chosen_ids for e in ex] +
                                [e.rejected_ids for e in ex], pad_id).to(ctx.device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx.device.type == "cuda"):
+            with autocast(ctx.device, cfg.mixed_precision):
                 lp = response_logps(reference, batch, vocab).float().cpu()
             rows.append(lp.view(2, len(ex)).T)
         with atomic_path(path) as tmp:

@@ -146,7 +146,7 @@ class CacheTask(_StudentTask):
             targets = TopKTargets(torch.cat([r.topk_ids for r in recs]).to(self.device),
                                   torch.cat([r.topk_logprobs for r in recs]).to(self.device))
         alpha = torch.cat([r.alpha for r in recs]).to(self.device)
-        with autocast(self.device):
+        with autocast(self.device, self.cfg.mixed_precision):
             rows, head = self.student(model, batch)
         loss, stats = self.loss(rows, head, targets, self.beta / alpha)
         stats["mean_alpha"] = alpha.mean()
@@ -198,10 +198,10 @@ class LiveTask(_StudentTask):
 
         seqs = self.sequences(indices)
         batch = self.batch([s.prompt_ids for s in seqs], [s.response_ids for s in seqs])
-        with torch.no_grad(), autocast(self.device):
+        with torch.no_grad(), autocast(self.device, self.cfg.mixed_precision):
             zd = HeadLogits(response_rows(self.dpo, batch).hidden, head_weight(self.dpo), self.vocab)
             zn = HeadLogits(response_rows(self.neg, batch).hidden, head_weight(self.neg), self.vocab)
-        with autocast(self.device):
+        with autocast(self.device, self.cfg.mixed_precision):
             rows, head = self.student(model, batch)
         loss, stats = self.loss(rows, head, LiveTargets(zd, zn, self.spec), None)
         extra = live_diagnostics(rows.hidden.detach(), None if head is None else head.detach(), zd, zn,

@@ -70,12 +70,12 @@ class DPOTask:
     def micro_step(self, model: torch.nn.Module, indices: list[int]) -> MicroOutput:
         batch = self.batch(indices)
         n = len(indices)
-        with autocast(self.device):
+        with autocast(self.device, self.cfg.mixed_precision):
             logps = response_logps(model, batch, self.vocab)
         if self.ref_logps is not None:
             ref = self.ref_logps[indices].to(self.device)
         else:
-            with torch.no_grad(), autocast(self.device):
+            with torch.no_grad(), autocast(self.device, self.cfg.mixed_precision):
                 ref = response_logps(self.reference, batch, self.vocab)
             ref = ref.view(2, n).T
         out = preference_loss(logps[:n], logps[n:], ref[:, 0], ref[:, 1], beta=self.cfg.beta,
@@ -92,9 +92,11 @@ class DPOTask:
         return MicroOutput(out.losses.sum(), metrics, int(batch.attention_mask.sum()))
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (losses upcast to fp32 inside); a no-op on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast(device: torch.device, mode: str = "auto"):
+    """bf16 autocast per ``--mixed-precision`` (losses upcast to fp32 inside)."""
+    from aligndistil_cli.models import mixed_precision_enabled
+
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision_enabled(mode, device))
 
 
 def loop_settings(cfg: TrainOptions, output: Path, resume_from: Path | None, **extra) -> LoopSettings:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from aligndistil_cli.config import StageConfig, option
+from aligndistil_cli.models import cpu_bf16_native
 from aligndistil_cli.runrecord import package_versions
 
 
@@ -34,6 +35,7 @@ def collect_env() -> dict[str, Any]:
         "cuda_version": torch.version.cuda,
         "cuda_devices": devices,
         "bf16_supported": bool(cuda and torch.cuda.is_bf16_supported()),
+        "cpu_bf16_native": cpu_bf16_native(),
         "mps_available": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
         "hf_hub_offline": os.environ.get("HF_HUB_OFFLINE"),
     }

@@ -67,7 +67,7 @@ class EvaluateConfig(DataKeys, ModelOptions):
     max_prompts: int | None = option(None, "Use only the first N valid prompts.", group="Policy quality")
     runs: list[str] = option([], "Training run folder with metrics.jsonl for curves.png (repeatable).",
                              group="Curves")
-    batch_size: int = option(8, "Sequences per forward / generate call.", group="Run")
+    batch_size: int = option(32, "Sequences per forward / generate call.", group="Run")
     format: str = option("table", "table, or json (print eval.json to stdout).", choices=OUTPUT_FORMATS,
                          group="Run")
     overwrite: bool = option(False, "Replace a complete evaluation in --output.", group="Run")
