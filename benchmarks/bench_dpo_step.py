@@ -9,7 +9,10 @@ Variants (each in a fresh subprocess, so peak RSS is honest):
 - ``live``: the reference model is loaded and run every step (``aligndistil train-dpo`` default);
 - ``precomputed``: the reference log-probs are given (``--precompute-reference`` style); they are
   computed once by a separate ``prep`` subprocess and handed over in a safetensors file, so the
-  measured process never holds the reference model (the one-time precompute cost is printed too).
+  measured process never holds the reference model (the one-time precompute cost is printed too);
+- ``live-bf16``: ``live`` with ``--mixed-precision bf16`` (bf16 autocast of both forwards, fp32 master
+  weights, fp32 losses): what the sentiment recipes use on a CPU that has native bf16 (AVX512-BF16 or
+  AMX, ``cpu_bf16_native`` in ``aligndistil env``); on a CPU without it, expect it to be slower.
 
 Data: the first ``--pairs`` valid pairs of the real preference data, tokenized with
 ``--max-length`` / ``--max-prompt-length`` (default 64 / 32: every sequence is cut to at most 64
@@ -36,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import _common as C  # noqa: E402
 
-VARIANTS = ("live", "precomputed")
+VARIANTS = ("live", "precomputed", "live-bf16")
 
 
 def load_pairs(args, tokenizer):
@@ -85,14 +88,15 @@ def worker(args) -> None:
     pairs = load_pairs(args, tok)
     policy = load_model(args.model, dtype="float32", device="cpu", train=True)
     reference, ref_logps = None, None
-    if args.worker == "live":
+    if args.worker.startswith("live"):
         reference = load_model(args.model, dtype="float32", device="cpu", train=False).requires_grad_(False)
     else:
         ref_logps = load_file(args.worker_file)["logps"]
     vocab, _ = shared_vocab_size({"policy": policy}, tok)
     with tempfile.TemporaryDirectory() as out:
         cfg = DPOConfig(model=args.model, output=out, data=args.data, batch_size=args.pairs,
-                        micro_batch_size=args.pairs, lr=args.lr, device="cpu")
+                        micro_batch_size=args.pairs, lr=args.lr, device="cpu",
+                        mixed_precision="bf16" if args.worker == "live-bf16" else "no")
     task = DPOTask(pairs, cfg, tok.pad_token_id, vocab, torch.device("cpu"), reference, ref_logps)
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
@@ -133,6 +137,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    from aligndistil_cli.models import cpu_bf16_native
+
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker == "prep":
@@ -142,7 +148,7 @@ def main() -> None:
 
     print(f"DPO step: model={args.model} pairs={args.pairs} max_length={args.max_length} "
           f"max_prompt_length={args.max_prompt_length} steps={args.steps} (median, after 1 warm-up) "
-          f"optimizer=AdamW lr={args.lr} clip=1.0 dtype=fp32 device=cpu threads={torch.get_num_threads()}")
+          f"optimizer=AdamW lr={args.lr} clip=1.0 weights=fp32 device=cpu threads={torch.get_num_threads()}")
     print(C.machine_line())
     common = [a for k in ("model", "data", "pairs", "max_length", "max_prompt_length", "steps", "lr", "threads")
               for a in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
@@ -166,6 +172,9 @@ def main() -> None:
     p = results["precomputed"]
     print(f"ratios: precomputed/live time {p['time'] / r0['time']:.3f} (speed-up {r0['time'] / p['time']:.2f}x), "
           f"peak RSS {p['peak'] / r0['peak']:.3f}")
+    b = results["live-bf16"]
+    print(f"ratios: live-bf16/live time {b['time'] / r0['time']:.3f} (speed-up {r0['time'] / b['time']:.2f}x) "
+          f"on a CPU with cpu_bf16_native={cpu_bf16_native()}")
     print(f"one-time precompute (prep subprocess): reference load {pre['load_s']:.2f} s + forward over the "
           f"{2 * args.pairs} sequences {pre['forward_s']:.3f} s, peak {C.mib(pre['peak']):.1f} MiB")
     diff = abs(p["first_loss"] - r0["first_loss"])

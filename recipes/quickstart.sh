@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's main job: install aligndistil and the real assets, then run the sentiment
-# experiment at its quick size (SmolLM2-135M-Instruct, 128 prompts; about 15 min on 2 CPU cores,
+# experiment at its quick size (SmolLM2-135M-Instruct, 128 prompts; about 18 min on 2 CPU cores,
 # a GPU is used when present). Rerunning resumes: finished stages are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."

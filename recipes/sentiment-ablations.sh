@@ -16,11 +16,11 @@ ABL="$RUN/ablations"
 MODEL="${MODEL_DIR:-$RUN/smollm2-135m-instruct}"
 DATA="$RUN/data"
 case "$SIZE" in
-  quick) BATCH=8; EPOCHS=2; AD_LR=2e-6; GEN=32; EVAL_PROMPTS=48; SAVE=6 ;;
-  full)  BATCH=64; EPOCHS=1; AD_LR=2e-6; GEN=48; EVAL_PROMPTS=500; SAVE=10 ;;
+  quick) BATCH=4; EPOCHS=1; AD_LR=2e-6; GEN=24; EVAL_PROMPTS=48; EVAL_SAMPLES=3; SAVE=6 ;;
+  full)  BATCH=64; EPOCHS=1; AD_LR=2e-6; GEN=48; EVAL_PROMPTS=500; EVAL_SAMPLES=4; SAVE=10 ;;
   *) echo "usage: bash recipes/sentiment-ablations.sh [quick|full]" >&2; exit 2 ;;
 esac
-if [[ "${ALIGNDISTIL_RECIPE_TINY:-0}" == "1" ]]; then BATCH=4; EPOCHS=1; GEN=8; EVAL_PROMPTS=4; SAVE=1; fi
+if [[ "${ALIGNDISTIL_RECIPE_TINY:-0}" == "1" ]]; then BATCH=4; EPOCHS=1; GEN=8; EVAL_PROMPTS=4; EVAL_SAMPLES=1; SAVE=1; fi
 for need in "$RUN/dpo" "$RUN/reverse-dpo" "$DATA/train-split.jsonl"; do
   [[ -e "$need" ]] || { echo "missing $need: run 'bash recipes/sentiment.sh $SIZE' first" >&2; exit 2; }
 done
@@ -42,7 +42,7 @@ teacher_and_student() {  # NAME, then build-teacher options
   fi
 }
 
-EVAL=(--reference "$MODEL" --prompts "$DATA/eval_prompts.jsonl" --judge sentiment --samples-per-prompt 4
+EVAL=(--reference "$MODEL" --prompts "$DATA/eval_prompts.jsonl" --judge sentiment --samples-per-prompt "$EVAL_SAMPLES"
       --max-new-tokens "$GEN" --max-prompts "$EVAL_PROMPTS" "${COMMON[@]}")
 evaluate() {  # NAME, then --model/--name/--group options
   local name="$1"; shift
