@@ -15,12 +15,12 @@ RUN="${RUN_DIR:-runs/sentiment-$SIZE}"
 mkdir -p "$RUN"
 
 case "$SIZE" in
-  quick) N_TRAIN=128; N_EVAL=48; GEN=24; EPOCHS=1; BATCH=4; DPO_LR=1e-5; AD_LR=2e-6; EVAL_SAMPLES=3 ;;
-  full)  N_TRAIN=4000; N_EVAL=500; GEN=48; EPOCHS=1; BATCH=64; DPO_LR=1e-5; AD_LR=2e-6; EVAL_SAMPLES=4 ;;
+  quick) N_TRAIN=128; SAMPLES=4; N_EVAL=48; GEN=24; EPOCHS=1; BATCH=4; DPO_LR=1e-5; AD_LR=2e-6; EVAL_SAMPLES=3 ;;
+  full)  N_TRAIN=4000; SAMPLES=2; N_EVAL=500; GEN=48; EPOCHS=1; BATCH=64; DPO_LR=1e-5; AD_LR=2e-6; EVAL_SAMPLES=4 ;;
   *) echo "usage: bash recipes/sentiment.sh [quick|full]" >&2; exit 2 ;;
 esac
 if [[ "${ALIGNDISTIL_RECIPE_TINY:-0}" == "1" ]]; then
-  N_TRAIN=12; N_EVAL=4; GEN=8; EPOCHS=1; BATCH=4; EVAL_SAMPLES=1
+  N_TRAIN=12; SAMPLES=2; N_EVAL=4; GEN=8; EPOCHS=1; BATCH=4; EVAL_SAMPLES=1
 fi
 HELDOUT=$(( N_TRAIN / 8 ))           # preference pairs kept out of training for reward accuracy
 COMMON=(--max-length 256 --max-prompt-length 128)
@@ -36,9 +36,9 @@ fi
 
 DATA="$RUN/data"
 if [[ ! -f "$DATA/stats.json" ]]; then
-  stage "prepare: $N_TRAIN prompts x 2 samples from the reference model, labelled by VADER"
+  stage "prepare: $N_TRAIN prompts x $SAMPLES samples from the reference model, best against worst by VADER"
   $AD prepare sentiment --model "$MODEL" --output "$DATA" ${CORPUS:+--corpus "$CORPUS"} \
-      --n-train "$N_TRAIN" --n-eval "$N_EVAL" --max-new-tokens "$GEN" --overwrite
+      --n-train "$N_TRAIN" --samples "$SAMPLES" --n-eval "$N_EVAL" --max-new-tokens "$GEN" --overwrite
 fi
 if [[ ! -f "$DATA/heldout.jsonl" ]]; then
   head -n "-$HELDOUT" "$DATA/train.jsonl" > "$DATA/train-split.jsonl"
