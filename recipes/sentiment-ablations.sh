@@ -16,7 +16,7 @@ ABL="$RUN/ablations"
 MODEL="${MODEL_DIR:-$RUN/smollm2-135m-instruct}"
 DATA="$RUN/data"
 case "$SIZE" in
-  quick) BATCH=4; EPOCHS=1; AD_LR=2e-6; GEN=24; EVAL_PROMPTS=48; EVAL_SAMPLES=3; SAVE=6 ;;
+  quick) BATCH=4; EPOCHS=1; AD_LR=2e-6; GEN=24; EVAL_PROMPTS=48; EVAL_SAMPLES=2; SAVE=6 ;;
   full)  BATCH=64; EPOCHS=1; AD_LR=2e-6; GEN=48; EVAL_PROMPTS=500; EVAL_SAMPLES=4; SAVE=10 ;;
   *) echo "usage: bash recipes/sentiment-ablations.sh [quick|full]" >&2; exit 2 ;;
 esac

@@ -15,7 +15,7 @@ RUN="${RUN_DIR:-runs/sentiment-$SIZE}"
 mkdir -p "$RUN"
 
 case "$SIZE" in
-  quick) N_TRAIN=128; SAMPLES=4; N_EVAL=48; GEN=24; EPOCHS=1; BATCH=4; DPO_LR=1e-5; AD_LR=2e-6; EVAL_SAMPLES=3 ;;
+  quick) N_TRAIN=128; SAMPLES=4; N_EVAL=48; GEN=24; EPOCHS=1; BATCH=4; DPO_LR=1e-5; AD_LR=2e-6; EVAL_SAMPLES=2 ;;
   full)  N_TRAIN=4000; SAMPLES=2; N_EVAL=500; GEN=48; EPOCHS=1; BATCH=64; DPO_LR=1e-5; AD_LR=2e-6; EVAL_SAMPLES=4 ;;
   *) echo "usage: bash recipes/sentiment.sh [quick|full]" >&2; exit 2 ;;
 esac
