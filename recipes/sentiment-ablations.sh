@@ -7,7 +7,7 @@
 #   4. convergence: DPO and AlignDistil checkpoints every few steps (paper Figure 2);
 #   5. the reward/KL frontier: DPO at 3 strengths (lr) and AlignDistil at 3 (alpha-max), one figure.
 # Everything is evaluated with the same judge (VADER), prompts, samples and KL estimate.
-# Usage: bash recipes/sentiment-ablations.sh [quick|full]     (quick: about an hour on 2 CPU cores)
+# Usage: bash recipes/sentiment-ablations.sh [quick|full]     (quick: 62 min on 2 CPU cores)
 set -euo pipefail
 SIZE="${1:-quick}"
 AD="${AD:-aligndistil}"
@@ -93,7 +93,7 @@ evaluate eval-variants --model "$MODEL" --name reference --group reference \
 # 4. convergence: every saved checkpoint of DPO (lr 3e-5) and AlignDistil (alpha-max 5), same judge and prompts
 CKPTS=()
 for run in "$ABL/dpo-lr3e-5" "$ABL/ad-aligndistil-amax5"; do
-  for ck in $(ls -d "$run"/checkpoint-* 2>/dev/null | sort -t- -k2 -n); do
+  for ck in $(ls -dv "$run"/checkpoint-* 2>/dev/null); do  # -v: checkpoint-6 before checkpoint-12
     fam=$(basename "$run"); CKPTS+=(--model "$ck" --name "$fam step ${ck##*-}" --group "$fam")
   done
   CKPTS+=(--model "$run" --name "$(basename "$run") final" --group "$(basename "$run")")
