@@ -83,6 +83,11 @@ def mixed_precision_enabled(mode: str, device: torch.device) -> bool:
     return mode == "bf16" or (mode == "auto" and device.type == "cuda")
 
 
+def autocast(device: torch.device, mode: str = "auto") -> torch.autocast:
+    """bf16 autocast of the trained model's forward per ``--mixed-precision`` (losses upcast to fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision_enabled(mode, device))
+
+
 def resolve_dtype(dtype: str, device: torch.device | str) -> torch.dtype:
     """Map a dtype name to a torch dtype; ``auto`` is bfloat16 on CUDA with native bf16, else fp32."""
     device = torch.device(device)

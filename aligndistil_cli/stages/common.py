@@ -167,9 +167,7 @@ def reference_logps_cache(ctx: StageContext, cfg, reference: torch.nn.Module, pa
 
     from aligndistil_cli.batching import make_batch, response_logps
     from aligndistil_cli.fsutil import atomic_path
-    from aligndistil_cli.stages.dpo import autocast
-
-    from aligndistil_cli.models import mixed_precision_enabled
+    from aligndistil_cli.models import autocast, mixed_precision_enabled
 
     bf16 = mixed_precision_enabled(cfg.mixed_precision, ctx.device)  # bf16 and fp32 log-probs differ
     key = sha256_text(repr((key_parts, cfg.max_length, cfg.max_prompt_length, len(pairs), bf16)))

@@ -21,7 +21,8 @@ from aligndistil_cli.config import option
 from aligndistil_cli.errors import AlignDistilError
 from aligndistil_cli.losses.distill import DIVERGENCES, DenseTargets, LiveTargets, TopKTargets, distill_loss
 from aligndistil_cli.modeling import ResponseRows, head_weight, response_positions, response_rows
-from aligndistil_cli.stages.dpo import autocast, loop_settings
+from aligndistil_cli.models import autocast
+from aligndistil_cli.stages.dpo import loop_settings
 from aligndistil_cli.stages.options import DataOptions, ModelOptions, TeacherOptions, TrainOptions
 from aligndistil_cli.stages.runner import StageContext, run_stage
 from aligndistil_cli.stages.teacher import RESPONSES, Sequence

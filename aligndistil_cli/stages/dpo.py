@@ -19,6 +19,7 @@ from aligndistil_cli.batching import make_batch, response_logps
 from aligndistil_cli.config import option
 from aligndistil_cli.errors import AlignDistilError
 from aligndistil_cli.losses.dpo import PREFERENCE_LOSSES, preference_loss
+from aligndistil_cli.models import autocast
 from aligndistil_cli.stages.options import DataOptions, ModelOptions, TrainOptions
 from aligndistil_cli.stages.runner import StageContext, run_stage
 from aligndistil_cli.training.loop import LoopSettings, MicroOutput, TrainLoop
@@ -90,13 +91,6 @@ class DPOTask:
             "logps/rejected": (float(logps[n:].detach().sum()), n),
         }
         return MicroOutput(out.losses.sum(), metrics, int(batch.attention_mask.sum()))
-
-
-def autocast(device: torch.device, mode: str = "auto"):
-    """bf16 autocast per ``--mixed-precision`` (losses upcast to fp32 inside)."""
-    from aligndistil_cli.models import mixed_precision_enabled
-
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision_enabled(mode, device))
 
 
 def loop_settings(cfg: TrainOptions, output: Path, resume_from: Path | None, **extra) -> LoopSettings:
