@@ -63,7 +63,8 @@ class TrainOptions(StageConfig):
                         group="Training")
     mixed_precision: str = option("auto", "bf16 autocast of forward passes (fp32 master weights and "
                                   "losses): auto = on CUDA; bf16 = also on CPU (about 1.7x faster on "
-                                  "CPUs with AVX512-BF16/AMX, see `aligndistil env`); no = fp32.",
+                                  "CPUs with AVX512-BF16/AMX, see `aligndistil env`; elsewhere emulated and "
+                                  "many times slower); no = fp32.",
                                   choices=("auto", "bf16", "no"), group="Training")
     seed: int = option(42, "Seed of data order, sampling and initialisation.", group="Training")
     deterministic: bool = option(False, "Use deterministic CUDA kernels (slower).", group="Training")
