@@ -74,9 +74,6 @@ def cpu_bf16_native() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-MIXED_PRECISION = ("auto", "bf16", "no")
-
-
 def mixed_precision_enabled(mode: str, device: torch.device) -> bool:
     """bf16 autocast for the trained model: ``auto`` on CUDA only, ``bf16`` on any device, ``no``
     never. ``auto`` leaves CPUs in fp32 so that results do not depend on the CPU's instruction set."""

@@ -9,6 +9,7 @@ from aligndistil_cli.config import StageConfig, option
 from aligndistil_cli.errors import AlignDistilError
 
 ON_INVALID = ("skip", "error")
+MIXED_PRECISION = ("auto", "bf16", "no")
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class TrainOptions(StageConfig):
                                   "losses): auto = on CUDA; bf16 = also on CPU (about 1.7x faster on "
                                   "CPUs with AVX512-BF16/AMX, see `aligndistil env`; elsewhere emulated and "
                                   "many times slower); no = fp32.",
-                                  choices=("auto", "bf16", "no"), group="Training")
+                                  choices=MIXED_PRECISION, group="Training")
     seed: int = option(42, "Seed of data order, sampling and initialisation.", group="Training")
     deterministic: bool = option(False, "Use deterministic CUDA kernels (slower).", group="Training")
     logging_steps: int = option(1, "Log metrics every N optimizer steps.", group="Training")
